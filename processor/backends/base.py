@@ -1,0 +1,42 @@
+"""The one seam every TTS backend implements."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Protocol
+
+from processor.request import Request
+
+#: Content-Type per audio format (contract: "Content-Type set per format").
+CONTENT_TYPES = {
+    "wav": "audio/wav",
+    "mp3": "audio/mpeg",
+    "flac": "audio/flac",
+    "opus": "audio/ogg",
+    "pcm": "audio/L16",
+}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Audio:
+    """Synthesized audio, with its properties measured from the bytes."""
+
+    data: bytes
+    format: str
+    sample_rate: int
+    channels: int
+    duration_ms: int
+
+
+class Backend(Protocol):
+    """A TTS server family. ``synthesize`` raises only ``processor.errors`` classes."""
+
+    name: str
+
+    async def synthesize(self, request: Request) -> Audio:
+        """One synthesis call (no retries here: the pipeline owns retries)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections and subprocesses."""
+        ...
