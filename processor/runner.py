@@ -1,0 +1,191 @@
+"""The consumer loop: a bounded window of records in flight, commits that never pass an
+unfinished record, pause/resume for backpressure, drain on revocation and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import structlog
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+
+from processor.offsets import OffsetTracker
+from processor.pipeline import Pipeline, Record
+from processor.settings import Settings
+
+log = structlog.get_logger("voxline.runner")
+
+
+def to_record(msg: Any) -> Record:
+    """Copy an aiokafka ConsumerRecord into our frozen value type."""
+    return Record(
+        topic=msg.topic,
+        partition=msg.partition,
+        offset=msg.offset,
+        key=msg.key,
+        value=msg.value,
+        timestamp_ms=msg.timestamp,
+        headers=tuple(msg.headers or ()),
+    )
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, runner: Runner) -> None:
+        self.runner = runner
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        await self.runner.release(list(revoked))
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        log.info("partitions assigned", partitions=sorted(str(tp) for tp in assigned))
+
+
+class Runner:
+    """Owns the consumer. ``run`` returns after a clean drain once ``stop`` is called."""
+
+    def __init__(self, settings: Settings, pipeline: Pipeline) -> None:
+        self.settings = settings
+        self.pipeline = pipeline
+        self.window = settings.max_in_flight
+        self.tracker: OffsetTracker = OffsetTracker()
+        self.tasks: dict[asyncio.Task[None], tuple[TopicPartition, int]] = {}
+        self._slot_freed = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._paused = False
+        self.counts = {"succeeded": 0, "failed": 0}
+        k = settings.kafka
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=k.bootstrap_servers,
+            group_id=k.group_id,
+            client_id=k.client_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=max(1, self.window),
+            # The drain on revocation must end before the group gives up on us.
+            rebalance_timeout_ms=int((settings.drain_timeout_s + 30) * 1000),
+            max_poll_interval_ms=int((settings.drain_timeout_s + 60) * 1000),
+            session_timeout_ms=10_000,
+            heartbeat_interval_ms=3_000,
+        )
+
+    def stop(self) -> None:
+        """Ask the loop to stop fetching, drain and exit (signal-handler safe)."""
+        self._stopping.set()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.tasks)
+
+    async def run(self, *, ready: asyncio.Event | None = None) -> None:
+        await self.consumer.start()
+        try:
+            self.consumer.subscribe([self.settings.kafka.request_topic], listener=_Listener(self))
+            if ready is not None:
+                ready.set()
+            await self._loop()
+            await self._drain(list(self.tasks))
+            await self._commit()
+        finally:
+            await self._cancel(list(self.tasks))
+            with contextlib.suppress(Exception):
+                await self.consumer.stop()
+            log.info("consumer stopped", **self.counts)
+
+    async def _loop(self) -> None:
+        last_commit = time.monotonic()
+        while not self._stopping.is_set():
+            self._slot_freed.clear()
+            free = self.window - len(self.tasks)
+            if free <= 0:
+                self._set_paused(True)
+                # Keep polling so the group sees us alive; paused partitions return nothing.
+                await self.consumer.getmany(timeout_ms=0)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._slot_freed.wait(), timeout=0.2)
+            else:
+                self._set_paused(False)
+                batch = await self.consumer.getmany(timeout_ms=200, max_records=free)
+                for tp, messages in batch.items():
+                    for msg in messages:
+                        self._dispatch(tp, to_record(msg))
+            if time.monotonic() - last_commit >= self.settings.commit_interval_s:
+                await self._commit()
+                last_commit = time.monotonic()
+        self._set_paused(True)
+
+    def _set_paused(self, paused: bool) -> None:
+        assigned = self.consumer.assignment()
+        if paused:
+            self.consumer.pause(*assigned)
+        elif self._paused:
+            self.consumer.resume(*assigned)
+        self._paused = paused
+
+    def _dispatch(self, tp: TopicPartition, record: Record) -> None:
+        self.tracker.start(tp, record.offset)
+        task = asyncio.create_task(self._process(tp, record), name=f"{tp}@{record.offset}")
+        self.tasks[task] = (tp, record.offset)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.pop(task, None)
+        self._slot_freed.set()
+
+    async def _process(self, tp: TopicPartition, record: Record) -> None:
+        try:
+            outcome = await self.pipeline.handle(record)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # Not finished, so its offset is never committed: a restart redoes it.
+            log.exception("record left unfinished", topic=tp.topic, partition=tp.partition,
+                          offset=record.offset)
+            return
+        self.counts[outcome] = self.counts.get(outcome, 0) + 1
+        self.tracker.finish(tp, record.offset)
+
+    async def _commit(self, partitions: Iterable[TopicPartition] | None = None) -> None:
+        assigned = self.consumer.assignment()
+        wanted = assigned if partitions is None else [tp for tp in partitions if tp in assigned]
+        offsets = self.tracker.commit_offsets(wanted)
+        if not offsets:
+            return
+        try:
+            await self.consumer.commit(dict(offsets))
+        except KafkaError as exc:
+            log.warning("commit failed; will retry", error=str(exc), error_type=type(exc).__name__)
+            return
+        self.tracker.mark_committed(offsets)
+        log.debug("committed", offsets={str(tp): off for tp, off in offsets.items()})
+
+    async def _drain(self, tasks: list[asyncio.Task[None]]) -> None:
+        if not tasks:
+            return
+        log.info("draining in-flight records", count=len(tasks),
+                 timeout_s=self.settings.drain_timeout_s)
+        _, pending = await asyncio.wait(tasks, timeout=self.settings.drain_timeout_s)
+        if pending:
+            log.warning("drain deadline passed; abandoning records for redelivery",
+                        count=len(pending))
+
+    async def _cancel(self, tasks: list[asyncio.Task[None]]) -> None:
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def release(self, revoked: list[TopicPartition]) -> None:
+        """Partitions are being taken away: finish what we can, commit it, drop the rest so
+        the new owner redoes it."""
+        gone = set(revoked)
+        mine = [t for t, (tp, _) in self.tasks.items() if tp in gone]
+        await self._drain(mine)
+        await self._commit(revoked)
+        await self._cancel([t for t in mine if not t.done()])
+        for tp in revoked:
+            self.tracker.drop(tp)
+        log.info("partitions revoked", partitions=sorted(str(tp) for tp in revoked))

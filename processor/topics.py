@@ -1,0 +1,38 @@
+"""Create the contract's topics when they are missing (operators may pre-create them)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import structlog
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+log = structlog.get_logger("voxline.topics")
+
+
+async def ensure_topics(bootstrap_servers: str, topics: Iterable[str], partitions: int) -> None:
+    """Create each missing topic with ``partitions`` partitions (replication 1 on a one-node
+    cluster, else the broker's default would be better: operators pre-create there)."""
+    if partitions <= 0:
+        return
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [t for t in dict.fromkeys(topics) if t not in existing]
+        if not missing:
+            return
+        brokers = len((await admin.describe_cluster())["brokers"])
+        replication = min(3, brokers)
+        try:
+            await admin.create_topics(
+                [NewTopic(t, num_partitions=partitions, replication_factor=replication)
+                 for t in missing]
+            )
+        except TopicAlreadyExistsError:
+            pass  # another instance won the race
+        log.info("created topics", topics=missing, partitions=partitions,
+                 replication=replication)
+    finally:
+        await admin.close()
