@@ -1,0 +1,41 @@
+# Targets the README names: `make demo` (the main job) and `make test` (the whole suite).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+.PHONY: setup demo test test-unit lint services-up services-down clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+# Python deps, espeak-ng (Debian) and the Kafka jars (Maven Central).
+setup: $(VENV)/.installed
+	infra/espeak.sh
+	infra/kafka.sh fetch
+
+demo: setup
+	$(BIN)/voxline demo
+
+# Starts the broker and store itself when they are not running (and stops them after).
+test: setup
+	$(BIN)/pytest
+
+test-unit: $(VENV)/.installed
+	$(BIN)/pytest tests/unit
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+services-up: setup
+	infra/up.sh
+
+services-down:
+	infra/down.sh
+
+clean: services-down
+	rm -rf .infra $(VENV)

@@ -1,0 +1,177 @@
+"""Helpers for integration tests: unique topics per test, the processor run in-process, and
+readers for topics and the bucket."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from typing import Any
+
+import aioboto3
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from processor.app import serve
+from processor.backends.base import Backend
+from processor.client import end_offsets
+from processor.runner import Runner
+from processor.settings import KafkaSettings, RetrySettings, Settings, StoreSettings
+from tests.integration.services import Services
+
+
+def unique_settings(services: Services, name: str, **overrides: Any) -> Settings:
+    tag = f"{name}-{uuid.uuid4().hex[:8]}"
+    kafka = KafkaSettings(
+        bootstrap_servers=services.bootstrap_servers,
+        group_id=f"g-{tag}",
+        request_topic=f"{tag}.requests",
+        completion_topic=f"{tag}.completions",
+        dlq_topic=f"{tag}.requests.dlq",
+        create_topics_partitions=4,
+    )
+    store = StoreSettings(endpoint_url=services.s3_endpoint_url, bucket=services.bucket,
+                          prefix=f"tests/{tag}/", region="us-east-1")
+    fields: dict[str, Any] = {"kafka": kafka, "store": store,
+                              "retry": RetrySettings(attempts=5, timeout_s=30)}
+    fields.update(overrides)
+    return Settings(**fields)
+
+
+@contextlib.asynccontextmanager
+async def running(
+    settings: Settings, backends: Mapping[str, Backend] | None = None
+) -> AsyncIterator[Runner]:
+    """The processor as a task; stopped (drained) on exit. Fails fast if start-up fails."""
+    ready = asyncio.Event()
+    box: list[Runner] = []
+    task = asyncio.create_task(serve(settings, backends=backends, ready=ready, runner_box=box))
+    waiter = asyncio.create_task(ready.wait())
+    await asyncio.wait([task, waiter], return_when=asyncio.FIRST_COMPLETED, timeout=60)
+    if task.done():
+        task.result()
+    assert box, "processor did not start within 60 s"
+    try:
+        yield box[0]
+        assert not task.done(), f"processor stopped early: {task}"
+    finally:
+        box[0].stop()
+        await asyncio.wait_for(task, timeout=settings.drain_timeout_s + 30)
+
+
+async def produce(settings: Settings, records: Iterable[tuple[bytes | None, bytes | None]]) -> int:
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers,
+                                enable_idempotence=True, acks="all", linger_ms=5)
+    await producer.start()
+    n = 0
+    try:
+        futures = [await producer.send(settings.kafka.request_topic, key=k, value=v)
+                   for k, v in records]
+        for fut in futures:
+            await fut
+            n += 1
+    finally:
+        await producer.stop()
+    return n
+
+
+def request(rid: str, text: str, **extra: Any) -> tuple[bytes, bytes]:
+    return rid.encode(), json.dumps({"request_id": rid, "text": text, **extra}).encode()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Msg:
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: dict[str, str]
+
+    def json(self) -> Any:
+        return json.loads(self.value or b"null")
+
+
+async def read_topic(kafka: KafkaSettings, topic: str) -> list[Msg]:
+    """Every record of ``topic`` up to its current end."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=kafka.bootstrap_servers, group_id=None,
+                                enable_auto_commit=False, auto_offset_reset="earliest")
+    await consumer.start()
+    out: list[Msg] = []
+    try:
+        ends = {tp: e for tp, e in (await end_offsets(consumer, topic)).items() if e > 0}
+        if not ends:
+            return out
+        consumer.assign(list(ends))
+        await consumer.seek_to_beginning(*ends)
+        while ends:
+            batch = await consumer.getmany(timeout_ms=500)
+            for tp, msgs in batch.items():
+                for m in msgs:
+                    if m.offset < ends.get(tp, 0):
+                        out.append(Msg(m.partition, m.offset, m.key, m.value,
+                                       {k: v.decode() for k, v in (m.headers or ())}))
+            for tp in list(ends):
+                if await consumer.position(tp) >= ends[tp]:
+                    del ends[tp]
+    finally:
+        await consumer.stop()
+    return out
+
+
+async def wait_for(
+    condition: Callable[[], Awaitable[bool]], *, timeout: float, what: str, every: float = 0.5
+) -> None:
+    """Poll ``condition`` until true; fail with ``what`` after ``timeout`` seconds."""
+    give_up = time.monotonic() + timeout
+    while not await condition():
+        if time.monotonic() > give_up:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        await asyncio.sleep(every)
+
+
+async def events_by_id(settings: Settings) -> dict[str, list[Msg]]:
+    out: dict[str, list[Msg]] = {}
+    for m in await read_topic(settings.kafka, settings.kafka.completion_topic):
+        out.setdefault(m.json()["request_id"], []).append(m)
+    return out
+
+
+async def wait_for_events(settings: Settings, ids: set[str], timeout: float) -> dict[str, list[Msg]]:
+    seen: dict[str, list[Msg]] = {}
+
+    async def done() -> bool:
+        nonlocal seen
+        seen = await events_by_id(settings)
+        return ids <= set(seen)
+
+    await wait_for(done, timeout=timeout, what=f"events for {len(ids)} requests", every=1.0)
+    return seen
+
+
+async def get_object(services: Services, uri: str) -> tuple[bytes, dict[str, Any]]:
+    assert uri.startswith(f"s3://{services.bucket}/"), uri
+    key = uri.removeprefix(f"s3://{services.bucket}/")
+    async with aioboto3.Session().client("s3", endpoint_url=services.s3_endpoint_url) as s3:
+        resp = await s3.get_object(Bucket=services.bucket, Key=key)
+        async with resp["Body"] as body:
+            data = await body.read()
+    return data, {"ContentType": resp["ContentType"], "Metadata": resp["Metadata"]}
+
+
+async def committed(settings: Settings) -> dict[int, int]:
+    """The group's committed offset per partition of the request topic."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers,
+                                group_id=settings.kafka.group_id, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        ends = await end_offsets(consumer, settings.kafka.request_topic)
+        out = {}
+        for tp in ends:
+            off = await consumer.committed(TopicPartition(tp.topic, tp.partition))
+            out[tp.partition] = off if off is not None else 0
+        return out
+    finally:
+        await consumer.stop()
