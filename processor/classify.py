@@ -13,7 +13,9 @@ from processor.errors import Permanent, Stage, Systemic, Transient, VoxlineError
 TRANSIENT_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 PERMANENT_STATUSES = frozenset({400, 413, 415, 422})
 #: Failing for every request alike: credentials or routing are wrong, not this request.
-SYSTEMIC_STATUSES = frozenset({401, 403, 404, 405})
+#: 501 is the server-side twin of 405 (the endpoint is not implemented there): retrying each
+#: record would only dead-letter them all as ``retries_exhausted``.
+SYSTEMIC_STATUSES = frozenset({401, 403, 404, 405, 501})
 
 
 def kind_for_status(status: int) -> type[VoxlineError] | None:
@@ -44,8 +46,12 @@ def parse_retry_after(value: str | None, now: dt.datetime) -> float | None:
             when = parsedate_to_datetime(value)
         except (TypeError, ValueError, IndexError):
             return None
+        # HTTP-dates are GMT; asctime and "-0000" dates parse naive. A naive ``now`` is taken
+        # as UTC too, rather than failing on the aware/naive subtraction.
         if when.tzinfo is None:
             when = when.replace(tzinfo=dt.UTC)
+        if now.tzinfo is None:
+            now = now.replace(tzinfo=dt.UTC)
         seconds = (when - now).total_seconds()
     if seconds != seconds or seconds in (float("inf"), float("-inf")):  # NaN or infinite
         return None

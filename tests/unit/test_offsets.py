@@ -1,0 +1,342 @@
+"""Unit and stateful property tests of the pure offset tracker."""
+
+from __future__ import annotations
+
+from typing import NamedTuple, cast
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from processor.offsets import OffsetTracker
+
+TP = tuple[str, int]
+A: TP = ("t", 0)
+B: TP = ("t", 1)
+
+
+def tracker_with(tp: TP, *offsets: int) -> OffsetTracker:
+    tracker: OffsetTracker = OffsetTracker()
+    for offset in offsets:
+        tracker.start(tp, offset)
+    return tracker
+
+
+def test_empty_tracker_has_nothing_to_commit() -> None:
+    tracker: OffsetTracker = OffsetTracker()
+    assert tracker.committable(A) is None
+    assert tracker.commit_offsets() == {}
+    assert tracker.commit_offsets([A]) == {}
+    assert tracker.in_flight() == 0
+    assert tracker.in_flight(A) == 0
+    assert tracker.pending_gap(A) == 0
+    assert tracker.partitions() == []
+
+
+def test_in_order_completion_advances_one_by_one() -> None:
+    tracker = tracker_with(A, 0, 1, 2)
+    assert tracker.committable(A) == 0
+    for offset in (0, 1, 2):
+        assert tracker.finish(A, offset) is True
+        assert tracker.committable(A) == offset + 1
+
+
+def test_out_of_order_completion_waits_for_the_lowest() -> None:
+    tracker = tracker_with(A, 0, 1, 2)
+    tracker.finish(A, 2)
+    assert tracker.committable(A) == 0
+    tracker.finish(A, 1)
+    assert tracker.committable(A) == 0
+    tracker.finish(A, 0)
+    assert tracker.committable(A) == 3
+
+
+def test_gaps_in_offsets_are_not_assumed_contiguous() -> None:
+    tracker = tracker_with(A, 5, 9, 12)
+    tracker.finish(A, 5)
+    assert tracker.committable(A) == 9
+    tracker.finish(A, 12)
+    assert tracker.committable(A) == 9
+    tracker.finish(A, 9)
+    assert tracker.committable(A) == 13
+
+
+def test_nothing_to_commit_until_it_moves_past_the_last_mark() -> None:
+    tracker = tracker_with(A, 0, 1, 2)
+    tracker.finish(A, 0)
+    tracker.mark_committed({A: 1})
+    assert tracker.committable(A) is None
+    assert tracker.commit_offsets() == {}
+    tracker.finish(A, 2)  # out of order: 1 still in flight, so still nothing new
+    assert tracker.committable(A) is None
+    tracker.finish(A, 1)
+    assert tracker.committable(A) == 3
+
+
+def test_mark_committed_never_moves_backwards() -> None:
+    tracker = tracker_with(A, 0, 1, 2, 3)
+    for offset in (0, 1, 2):
+        tracker.finish(A, offset)
+    tracker.mark_committed({A: 3})
+    tracker.mark_committed({A: 1})  # a stale, slower commit landing late
+    assert tracker.committable(A) is None
+    tracker.finish(A, 3)
+    assert tracker.committable(A) == 4
+
+
+def test_mark_committed_ignores_untracked_partitions() -> None:
+    tracker = tracker_with(A, 0)
+    tracker.mark_committed({B: 7})
+    assert tracker.partitions() == [A]
+    assert tracker.committable(B) is None
+
+
+def test_commit_offsets_only_for_given_partitions_that_moved() -> None:
+    tracker: OffsetTracker = OffsetTracker()
+    c: TP = ("t", 2)
+    for tp in (A, B, c):
+        tracker.start(tp, 10)
+        tracker.finish(tp, 10)
+    tracker.mark_committed({c: 11})
+    assert tracker.commit_offsets() == {A: 11, B: 11}
+    assert tracker.commit_offsets([B, c, ("t", 99)]) == {B: 11}
+    assert tracker.commit_offsets([]) == {}
+
+
+def test_started_but_unfinished_first_record_is_committable_as_itself() -> None:
+    tracker = tracker_with(A, 42)
+    assert tracker.committable(A) == 42
+    tracker.mark_committed({A: 42})
+    assert tracker.committable(A) is None
+
+
+@pytest.mark.parametrize(
+    ("tp", "offset"),
+    [(A, 7), (A, 3), (B, 0)],
+    ids=["never-started", "below-started", "unknown-partition"],
+)
+def test_finishing_an_unknown_offset_is_ignored(tp: TP, offset: int) -> None:
+    tracker = tracker_with(A, 4, 5)
+    assert tracker.finish(tp, offset) is False
+    assert tracker.committable(A) == 4
+    assert tracker.in_flight() == 2
+
+
+def test_finishing_twice_is_ignored_the_second_time() -> None:
+    tracker = tracker_with(A, 0, 1)
+    assert tracker.finish(A, 1) is True
+    assert tracker.finish(A, 1) is False
+    assert tracker.in_flight(A) == 1
+    assert tracker.committable(A) == 0
+
+
+def test_drop_abandons_in_flight_records() -> None:
+    tracker = tracker_with(A, 0, 1, 2)
+    tracker.start(B, 0)
+    tracker.drop(A)
+    assert tracker.finish(A, 1) is False
+    assert tracker.committable(A) is None
+    assert tracker.in_flight(A) == 0
+    assert tracker.in_flight() == 1
+    assert tracker.partitions() == [B]
+    assert tracker.commit_offsets() == {B: 0}
+    tracker.drop(A)  # dropping twice is harmless
+
+
+def test_reassigned_partition_starts_afresh() -> None:
+    tracker = tracker_with(A, 0, 1, 2)
+    tracker.finish(A, 0)
+    tracker.mark_committed({A: 1})
+    tracker.drop(A)
+    tracker.start(A, 1)  # re-delivered from the committed offset: lower than before is fine
+    assert tracker.committable(A) == 1
+    assert tracker.finish(A, 1) is True
+    assert tracker.committable(A) == 2
+
+
+@pytest.mark.parametrize("offset", [4, 3, -1], ids=["repeat", "backwards", "negative"])
+def test_start_rejects_offsets_not_increasing(offset: int) -> None:
+    tracker = tracker_with(A, 4)
+    with pytest.raises(ValueError, match="offset"):
+        tracker.start(A, offset)
+    assert tracker.in_flight(A) == 1
+
+
+def test_negative_first_offset_is_rejected_without_tracking_the_partition() -> None:
+    tracker: OffsetTracker = OffsetTracker()
+    with pytest.raises(ValueError, match="negative"):
+        tracker.start(A, -1)
+    assert tracker.partitions() == []
+
+
+def test_in_flight_counts_per_partition_and_in_total() -> None:
+    tracker = tracker_with(A, 0, 1, 2)
+    tracker.start(B, 5)
+    tracker.finish(A, 1)
+    assert tracker.in_flight(A) == 2
+    assert tracker.in_flight(B) == 1
+    assert tracker.in_flight() == 3
+
+
+def test_pending_gap_counts_started_records_until_committed() -> None:
+    tracker = tracker_with(A, 0, 1, 2, 3, 4)
+    tracker.finish(A, 0)
+    tracker.finish(A, 1)
+    tracker.finish(A, 3)
+    assert tracker.pending_gap(A) == 5
+    tracker.mark_committed(tracker.commit_offsets())
+    assert tracker.pending_gap(A) == 3  # 2 and 4 unfinished, 3 finished but behind 2
+    tracker.finish(A, 2)
+    tracker.finish(A, 4)
+    assert tracker.pending_gap(A) == 3
+    tracker.mark_committed({A: 3})  # an older commit result: covers 2 only
+    assert tracker.pending_gap(A) == 2
+    tracker.mark_committed(tracker.commit_offsets())
+    assert tracker.pending_gap(A) == 0
+
+
+def test_partitions_in_first_start_order() -> None:
+    tracker: OffsetTracker = OffsetTracker()
+    tracker.start(B, 0)
+    tracker.start(A, 0)
+    tracker.start(B, 1)
+    assert tracker.partitions() == [B, A]
+
+
+class TopicPartition(NamedTuple):
+    """Shaped like aiokafka's key."""
+
+    topic: str
+    partition: int
+
+
+def test_named_tuple_keys_work_like_aiokafka_topic_partitions() -> None:
+    tracker: OffsetTracker = OffsetTracker()
+    tracker.start(TopicPartition("requests", 3), 100)
+    assert tracker.finish(TopicPartition("requests", 3), 100) is True
+    assert tracker.commit_offsets() == {TopicPartition("requests", 3): 101}
+
+
+@pytest.mark.timeout(30)
+def test_many_records_finished_in_reverse_stay_cheap() -> None:
+    # A quadratic tracker (e.g. min() over the in-flight set per call) would not finish in time.
+    n = 200_000
+    tracker = tracker_with(A, *range(0, 2 * n, 2))
+    for offset in range(2 * n - 2, 0, -2):
+        tracker.finish(A, offset)
+        assert tracker.committable(A) == 0
+    tracker.finish(A, 0)
+    assert tracker.committable(A) == 2 * n - 1
+    assert tracker.in_flight() == 0
+
+
+class OffsetMachine(RuleBasedStateMachine):
+    """Random interleavings of start, finish, commit and revoke against a simple model."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tracker: OffsetTracker = OffsetTracker()
+        self.started: dict[TP, list[int]] = {}
+        self.unfinished: dict[TP, set[int]] = {}
+        self.committed: dict[TP, int] = {}
+        #: What the broker holds: survives a revoke, so re-delivery starts from it.
+        self.broker: dict[TP, int] = {}
+
+    @rule(tp=st.sampled_from([A, B]), gap=st.integers(1, 4))
+    def start(self, tp: TP, gap: int) -> None:
+        started = self.started.setdefault(tp, [])
+        offset = started[-1] + gap if started else self.broker.get(tp, 0) + gap - 1
+        self.tracker.start(tp, offset)
+        started.append(offset)
+        self.unfinished.setdefault(tp, set()).add(offset)
+
+    @precondition(lambda self: any(self.unfinished.values()))
+    @rule(data=st.data())
+    def finish_in_flight(self, data: st.DataObject) -> None:
+        tp = data.draw(st.sampled_from(sorted(tp for tp, s in self.unfinished.items() if s)))
+        offset = data.draw(st.sampled_from(sorted(self.unfinished[tp])))
+        assert self.tracker.finish(tp, offset) is True
+        self.unfinished[tp].remove(offset)
+
+    @rule(tp=st.sampled_from([A, B]), offset=st.integers(0, 60))
+    def finish_anything(self, tp: TP, offset: int) -> None:
+        expected = offset in self.unfinished.get(tp, set())
+        assert self.tracker.finish(tp, offset) is expected
+        self.unfinished.get(tp, set()).discard(offset)
+
+    @rule(assignment=st.sampled_from([None, [A], [B], [A, B]]), lands=st.booleans())
+    def commit(self, assignment: list[TP] | None, lands: bool) -> None:
+        # The tracker hands back the keys it was given; the model keys are all TPs.
+        offsets = {cast(TP, tp): o for tp, o in self.tracker.commit_offsets(assignment).items()}
+        assert assignment is None or set(offsets) <= set(assignment)
+        for tp, offset in offsets.items():
+            assert offset > self.committed.get(tp, -1), "commit must move forwards"
+            assert all(o >= offset for o in self.unfinished[tp]), "passed an unfinished record"
+        if lands:
+            self.tracker.mark_committed(offsets)
+            self.committed.update(offsets)
+            self.broker.update(offsets)
+
+    @rule(tp=st.sampled_from([A, B]))
+    def revoke(self, tp: TP) -> None:
+        self.tracker.drop(tp)
+        for model in (self.started, self.unfinished, self.committed):
+            model.pop(tp, None)
+
+    @invariant()
+    def committable_is_safe(self) -> None:
+        for tp, started in self.started.items():
+            offset = self.tracker.committable(tp)
+            committed = self.committed.get(tp)
+            unfinished = self.unfinished[tp]
+            if unfinished:
+                expected: int | None = min(unfinished)
+            else:
+                expected = started[-1] + 1 if started else None
+            if expected is not None and committed is not None and expected <= committed:
+                expected = None
+            assert offset == expected
+
+    @invariant()
+    def counts_match(self) -> None:
+        assert self.tracker.in_flight() == sum(len(s) for s in self.unfinished.values())
+        for tp, started in self.started.items():
+            assert self.tracker.in_flight(tp) == len(self.unfinished[tp])
+            committed = self.committed.get(tp, -1)
+            assert self.tracker.pending_gap(tp) == sum(1 for o in started if o >= committed)
+        assert set(self.tracker.partitions()) == set(self.started)
+
+
+OffsetMachine.TestCase.settings = settings(max_examples=200, stateful_step_count=50, deadline=None)
+TestOffsetMachine = OffsetMachine.TestCase
+
+
+@st.composite
+def schedules(draw: st.DrawFn) -> tuple[list[int], list[int]]:
+    """Offsets started with random gaps, and a random order to finish them in."""
+    gaps = draw(st.lists(st.integers(1, 5), min_size=1, max_size=50))
+    offsets = [sum(gaps[: i + 1]) for i in range(len(gaps))]
+    return offsets, draw(st.permutations(offsets))
+
+
+@given(schedule=schedules(), commit_every=st.integers(1, 5))
+def test_any_finish_order_is_safe_and_ends_at_last_plus_one(
+    schedule: tuple[list[int], list[int]], commit_every: int
+) -> None:
+    offsets, finish_order = schedule
+    tracker = tracker_with(A, *offsets)
+    unfinished = set(offsets)
+    committed = -1
+    for i, offset in enumerate(finish_order, 1):
+        tracker.finish(A, offset)
+        unfinished.remove(offset)
+        if i % commit_every == 0:
+            commit = tracker.commit_offsets().get(A)
+            if commit is not None:
+                assert commit > committed
+                assert all(o >= commit for o in unfinished)
+                tracker.mark_committed({A: commit})
+                committed = commit
+    final = tracker.committable(A)
+    assert (final if final is not None else committed) == offsets[-1] + 1
