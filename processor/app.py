@@ -34,7 +34,9 @@ def build_backends(settings: Settings) -> dict[str, Backend]:
             raise ValueError("VOXLINE_BACKEND=openai needs VOXLINE_BACKEND_URL")
         return {
             "openai": OpenAIBackend(
-                "openai", settings.backend_url, api_key=settings.backend_api_key,
+                "openai",
+                settings.backend_url,
+                api_key=settings.backend_api_key,
                 max_connections=settings.max_in_flight,
             )
         }
@@ -50,8 +52,10 @@ async def running_pipeline(
     chosen = build_backends(settings) if backends is None else backends
     sink = KafkaSink(settings.kafka.bootstrap_servers, client_id=settings.kafka.client_id)
     store = S3Store(
-        settings.store.bucket, endpoint_url=settings.store.endpoint_url,
-        region=settings.store.region, max_connections=max(10, settings.max_in_flight),
+        settings.store.bucket,
+        endpoint_url=settings.store.endpoint_url,
+        region=settings.store.region,
+        max_connections=max(10, settings.max_in_flight),
     )
     await sink.start()
     try:
@@ -75,7 +79,8 @@ async def serve(
     """Run the processor until stopped; returns the outcome counts."""
     k = settings.kafka
     await ensure_topics(
-        k.bootstrap_servers, [k.request_topic, k.completion_topic, k.dlq_topic],
+        k.bootstrap_servers,
+        [k.request_topic, k.completion_topic, k.dlq_topic],
         k.create_topics_partitions,
     )
     async with running_pipeline(settings, backends) as pipeline:
@@ -86,8 +91,13 @@ async def serve(
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, _stop_on_signal, runner, sig)
-        log.info("processor starting", group=k.group_id, topic=k.request_topic,
-                 backend=settings.backend, max_in_flight=settings.max_in_flight)
+        log.info(
+            "processor starting",
+            group=k.group_id,
+            topic=k.request_topic,
+            backend=settings.backend,
+            max_in_flight=settings.max_in_flight,
+        )
         await runner.run(ready=ready)
         return dict(runner.counts)
 

@@ -32,66 +32,138 @@ def _options(*opts: Callable[[F], F]) -> Callable[[F], F]:
 
 
 def _opt(*names: str, envvar: str, **kw: Any) -> Callable[[F], F]:
-    return click.option(*names, envvar=envvar, show_envvar=True, show_default=True, **kw)
+    kw.setdefault("show_default", True)
+    return click.option(*names, envvar=envvar, show_envvar=True, **kw)
 
 
 kafka_options = _options(
-    _opt("--bootstrap-servers", envvar="KAFKA_BOOTSTRAP_SERVERS", default="localhost:9092",
-         help="Kafka bootstrap servers, comma-separated."),
-    _opt("--request-topic", envvar="VOXLINE_REQUEST_TOPIC", default="tts.requests",
-         help="Topic the synthesis requests arrive on."),
-    _opt("--completion-topic", envvar="VOXLINE_COMPLETION_TOPIC", default="tts.completions",
-         help="Topic completion events (succeeded/failed) are published to."),
-    _opt("--dlq-topic", envvar="VOXLINE_DLQ_TOPIC", default="tts.requests.dlq",
-         help="Dead-letter topic."),
+    _opt(
+        "--bootstrap-servers",
+        envvar="KAFKA_BOOTSTRAP_SERVERS",
+        default="localhost:9092",
+        help="Kafka bootstrap servers, comma-separated.",
+    ),
+    _opt(
+        "--request-topic",
+        envvar="VOXLINE_REQUEST_TOPIC",
+        default="tts.requests",
+        help="Topic the synthesis requests arrive on.",
+    ),
+    _opt(
+        "--completion-topic",
+        envvar="VOXLINE_COMPLETION_TOPIC",
+        default="tts.completions",
+        help="Topic completion events (succeeded/failed) are published to.",
+    ),
+    _opt(
+        "--dlq-topic",
+        envvar="VOXLINE_DLQ_TOPIC",
+        default="tts.requests.dlq",
+        help="Dead-letter topic.",
+    ),
 )
 
 run_options = _options(
-    _opt("--group-id", envvar="VOXLINE_GROUP_ID", default="voxline",
-         help="Consumer group; run more instances with the same group to scale out."),
-    _opt("--s3-endpoint-url", envvar="S3_ENDPOINT_URL", default=None,
-         help="S3-compatible endpoint; unset means AWS. Credentials come from the standard "
-              "AWS chain (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, profiles, roles)."),
+    _opt(
+        "--group-id",
+        envvar="VOXLINE_GROUP_ID",
+        default="voxline",
+        help="Consumer group; run more instances with the same group to scale out.",
+    ),
+    _opt(
+        "--s3-endpoint-url",
+        envvar="S3_ENDPOINT_URL",
+        default=None,
+        help="S3-compatible endpoint; unset means AWS. Credentials come from the standard "
+        "AWS chain (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, profiles, roles).",
+    ),
     _opt("--s3-bucket", envvar="S3_BUCKET", default="voxline-audio", help="Bucket for audio."),
     _opt("--s3-prefix", envvar="S3_PREFIX", default="", help="Key prefix for audio objects."),
     _opt("--aws-region", envvar="AWS_REGION", default=None, help="S3 region."),
-    _opt("--backend", envvar="VOXLINE_BACKEND", default="espeak",
-         type=click.Choice(["espeak", "openai"]), help="The TTS backend."),
-    _opt("--backend-url", envvar="VOXLINE_BACKEND_URL", default=None,
-         help="Base URL of the backend server (openai: the URL before /v1/audio/speech)."),
-    _opt("--backend-api-key", envvar="VOXLINE_BACKEND_API_KEY", default=None,
-         show_default=False, help="Bearer key for the backend; never logged."),
-    _opt("--max-in-flight", envvar="VOXLINE_MAX_IN_FLIGHT", default=8,
-         type=click.IntRange(1, 4096), help="Records processed concurrently (the window)."),
-    _opt("--max-text-chars", envvar="VOXLINE_MAX_TEXT_CHARS", default=20_000,
-         type=click.IntRange(1), help="Longest accepted text; longer is invalid_input."),
-    _opt("--retry-attempts", envvar="VOXLINE_RETRY_ATTEMPTS", default=5,
-         type=click.IntRange(1), help="Backend calls per record for transient failures."),
-    _opt("--retry-timeout", envvar="VOXLINE_RETRY_TIMEOUT", default=60.0,
-         type=click.FloatRange(0.1), help="Seconds a record may spend on retries."),
-    _opt("--drain-timeout", envvar="VOXLINE_DRAIN_TIMEOUT", default=20.0,
-         type=click.FloatRange(0), help="Seconds in-flight work gets to finish on shutdown "
-                                        "or when partitions are revoked."),
-    _opt("--topic-partitions", envvar="VOXLINE_TOPIC_PARTITIONS", default=4,
-         type=click.IntRange(0), help="Partitions for topics created at start-up when "
-                                      "missing; 0 never creates topics."),
+    _opt(
+        "--backend",
+        envvar="VOXLINE_BACKEND",
+        default="espeak",
+        type=click.Choice(["espeak", "openai"]),
+        help="The TTS backend.",
+    ),
+    _opt(
+        "--backend-url",
+        envvar="VOXLINE_BACKEND_URL",
+        default=None,
+        help="Base URL of the backend server (openai: the URL before /v1/audio/speech).",
+    ),
+    _opt(
+        "--backend-api-key",
+        envvar="VOXLINE_BACKEND_API_KEY",
+        default=None,
+        show_default=False,
+        help="Bearer key for the backend; never logged.",
+    ),
+    _opt(
+        "--max-in-flight",
+        envvar="VOXLINE_MAX_IN_FLIGHT",
+        default=8,
+        type=click.IntRange(1, 4096),
+        help="Records processed concurrently (the window).",
+    ),
+    _opt(
+        "--max-text-chars",
+        envvar="VOXLINE_MAX_TEXT_CHARS",
+        default=20_000,
+        type=click.IntRange(1),
+        help="Longest accepted text; longer is invalid_input.",
+    ),
+    _opt(
+        "--retry-attempts",
+        envvar="VOXLINE_RETRY_ATTEMPTS",
+        default=5,
+        type=click.IntRange(1),
+        help="Backend calls per record for transient failures.",
+    ),
+    _opt(
+        "--retry-timeout",
+        envvar="VOXLINE_RETRY_TIMEOUT",
+        default=60.0,
+        type=click.FloatRange(0.1),
+        help="Seconds a record may spend on retries.",
+    ),
+    _opt(
+        "--drain-timeout",
+        envvar="VOXLINE_DRAIN_TIMEOUT",
+        default=20.0,
+        type=click.FloatRange(0),
+        help="Seconds in-flight work gets to finish on shutdown or when partitions are revoked.",
+    ),
+    _opt(
+        "--topic-partitions",
+        envvar="VOXLINE_TOPIC_PARTITIONS",
+        default=4,
+        type=click.IntRange(0),
+        help="Partitions for topics created at start-up when missing; 0 never creates topics.",
+    ),
 )
 
 
 def _settings(**kw: Any) -> Settings:
     return Settings(
         kafka=KafkaSettings(
-            bootstrap_servers=kw["bootstrap_servers"], group_id=kw.get("group_id", "voxline"),
-            request_topic=kw["request_topic"], completion_topic=kw["completion_topic"],
+            bootstrap_servers=kw["bootstrap_servers"],
+            group_id=kw.get("group_id", "voxline"),
+            request_topic=kw["request_topic"],
+            completion_topic=kw["completion_topic"],
             dlq_topic=kw["dlq_topic"],
             create_topics_partitions=kw.get("topic_partitions", 4),
         ),
         store=StoreSettings(
-            endpoint_url=kw.get("s3_endpoint_url"), bucket=kw.get("s3_bucket", "voxline-audio"),
-            prefix=kw.get("s3_prefix", ""), region=kw.get("aws_region"),
+            endpoint_url=kw.get("s3_endpoint_url"),
+            bucket=kw.get("s3_bucket", "voxline-audio"),
+            prefix=kw.get("s3_prefix", ""),
+            region=kw.get("aws_region"),
         ),
         retry=RetrySettings(
-            attempts=kw.get("retry_attempts", 5), timeout_s=kw.get("retry_timeout", 60.0)),
+            attempts=kw.get("retry_attempts", 5), timeout_s=kw.get("retry_timeout", 60.0)
+        ),
         backend=kw.get("backend", "espeak"),
         backend_url=kw.get("backend_url"),
         backend_api_key=kw.get("backend_api_key"),
@@ -103,10 +175,20 @@ def _settings(**kw: Any) -> Settings:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="voxline")
-@_opt("--log-level", envvar="VOXLINE_LOG_LEVEL", default="info",
-      type=click.Choice(["debug", "info", "warning", "error"]), help="Log level.")
-@_opt("--log-format", envvar="VOXLINE_LOG_FORMAT", default="json",
-      type=click.Choice(["json", "console"]), help="Log line format (on stderr).")
+@_opt(
+    "--log-level",
+    envvar="VOXLINE_LOG_LEVEL",
+    default="info",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    help="Log level.",
+)
+@_opt(
+    "--log-format",
+    envvar="VOXLINE_LOG_FORMAT",
+    default="json",
+    type=click.Choice(["json", "console"]),
+    help="Log line format (on stderr).",
+)
 def main(log_level: str, log_format: str) -> None:
     """Voxline: text-to-speech requests from Kafka to audio in S3."""
     logs.configure(log_level, json=log_format == "json")
@@ -128,18 +210,30 @@ def run(**kw: Any) -> None:
 
 def _progress() -> Progress:
     return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), console=console, transient=False,
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
     )
 
 
 @main.command()
 @click.argument("file", type=click.File("r", encoding="utf-8"))
 @kafka_options
-@click.option("--wait/--no-wait", default=False,
-              help="Follow the completion events until every request has one.")
-@click.option("--timeout", default=600.0, show_default=True, type=click.FloatRange(1),
-              help="Seconds --wait waits at most.")
+@click.option(
+    "--wait/--no-wait",
+    default=False,
+    help="Follow the completion events until every request has one.",
+)
+@click.option(
+    "--timeout",
+    default=600.0,
+    show_default=True,
+    type=click.FloatRange(1),
+    help="Seconds --wait waits at most.",
+)
 @click.option("--id-prefix", default=None, help="request_id prefix for plain-text lines.")
 def submit(file: Any, wait: bool, timeout: float, id_prefix: str | None, **kw: Any) -> None:
     """Send requests from FILE (JSON Lines, or plain text one request a line; - = stdin)."""
@@ -171,7 +265,8 @@ async def _submit(kafka: KafkaSettings, requests: list[Any], wait: bool, timeout
                 return 0
             done = progress.add_task("completed", total=len(requests))
             events = await follower.follow(
-                {r.request_id for r in requests}, timeout_s=timeout,
+                {r.request_id for r in requests},
+                timeout_s=timeout,
                 on_event=lambda _: progress.advance(done),
             )
     finally:
@@ -205,19 +300,29 @@ def summary_table(events: dict[str, dict[str, Any]], total: int, elapsed: float)
 # -- dlq -------------------------------------------------------------------------------------
 
 _filter_options = _options(
-    click.option("--reason", "reasons", multiple=True,
-                 type=click.Choice(["invalid_input", "permanent", "retries_exhausted", "expired"]),
-                 help="Only this dlq.reason (repeatable)."),
-    click.option("--error-type", "error_types", multiple=True,
-                 help="Only this dlq.error.type (repeatable)."),
-    click.option("--request-id", "request_ids", multiple=True,
-                 help="Only this request_id (repeatable)."),
-    click.option("--since", type=click.DateTime(["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S",
-                                                   "%Y-%m-%d"]),
-                 help="Only dead letters that failed at or after this time (UTC if no zone)."),
-    click.option("--until", type=click.DateTime(["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S",
-                                                   "%Y-%m-%d"]),
-                 help="Only dead letters that failed before this time (UTC if no zone)."),
+    click.option(
+        "--reason",
+        "reasons",
+        multiple=True,
+        type=click.Choice(["invalid_input", "permanent", "retries_exhausted", "expired"]),
+        help="Only this dlq.reason (repeatable).",
+    ),
+    click.option(
+        "--error-type", "error_types", multiple=True, help="Only this dlq.error.type (repeatable)."
+    ),
+    click.option(
+        "--request-id", "request_ids", multiple=True, help="Only this request_id (repeatable)."
+    ),
+    click.option(
+        "--since",
+        type=click.DateTime(["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"]),
+        help="Only dead letters that failed at or after this time (UTC if no zone).",
+    ),
+    click.option(
+        "--until",
+        type=click.DateTime(["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"]),
+        help="Only dead letters that failed before this time (UTC if no zone).",
+    ),
 )
 
 
@@ -231,8 +336,10 @@ def _selected(kw: dict[str, Any]) -> list[Any]:
     from processor.client import DeadLetterFilter, read_dead_letters
 
     chosen = DeadLetterFilter(
-        reasons=frozenset(kw.pop("reasons")), error_types=frozenset(kw.pop("error_types")),
-        request_ids=frozenset(kw.pop("request_ids")), since=_aware(kw.pop("since")),
+        reasons=frozenset(kw.pop("reasons")),
+        error_types=frozenset(kw.pop("error_types")),
+        request_ids=frozenset(kw.pop("request_ids")),
+        since=_aware(kw.pop("since")),
         until=_aware(kw.pop("until")),
     )
     kafka = _settings(**kw).kafka
@@ -253,19 +360,29 @@ def dlq_list(as_json: bool, **kw: Any) -> None:
     letters = _selected(kw)
     if as_json:
         for d in letters:
-            click.echo(json.dumps({
-                "partition": d.partition, "offset": d.offset, "request_id": d.request_id,
-                "headers": {k: v.decode("utf-8", "replace") for k, v in d.headers},
-            }, ensure_ascii=False))
+            click.echo(
+                json.dumps(
+                    {
+                        "partition": d.partition,
+                        "offset": d.offset,
+                        "request_id": d.request_id,
+                        "headers": {k: v.decode("utf-8", "replace") for k, v in d.headers},
+                    },
+                    ensure_ascii=False,
+                )
+            )
         return
     table = Table(title=f"dead letters ({len(letters)})")
     for col in ("request_id", "reason", "stage", "error", "attempts", "replays", "failed at"):
         table.add_column(col)
     for d in letters:
         table.add_row(
-            d.request_id or "?", d.header("dlq.reason") or "", d.header("dlq.stage") or "",
+            d.request_id or "?",
+            d.header("dlq.reason") or "",
+            d.header("dlq.stage") or "",
             f"{d.header('dlq.error.type')}: {d.header('dlq.error.message')}",
-            d.header("dlq.attempts") or "", d.header("dlq.replay_count") or "0",
+            d.header("dlq.attempts") or "",
+            d.header("dlq.replay_count") or "0",
             d.header("dlq.failed_at") or "",
         )
     console.print(table)
@@ -279,8 +396,9 @@ def dlq_replay(dry_run: bool, **kw: Any) -> None:
     """Resend dead letters to their original topic (fix the cause first)."""
     from processor.client import replay
 
-    kafka_kw = {k: kw[k] for k in ("bootstrap_servers", "request_topic", "completion_topic",
-                                   "dlq_topic")}
+    kafka_kw = {
+        k: kw[k] for k in ("bootstrap_servers", "request_topic", "completion_topic", "dlq_topic")
+    }
     letters = _selected(kw)
     if dry_run or not letters:
         verb = "would replay" if dry_run else "nothing to replay"
@@ -296,8 +414,9 @@ def dlq_replay(dry_run: bool, **kw: Any) -> None:
 
 
 @main.command()
-@click.option("--keep-services", is_flag=True,
-              help="Leave the Kafka broker and S3 store running afterwards.")
+@click.option(
+    "--keep-services", is_flag=True, help="Leave the Kafka broker and S3 store running afterwards."
+)
 def demo(keep_services: bool) -> None:
     """The whole pipeline on this machine: local broker and store, espeak-ng, sample
     requests in English, Chinese and Japanese plus two invalid ones."""

@@ -69,8 +69,10 @@ class CompletionFollower:
     def __init__(self, kafka: KafkaSettings) -> None:
         self.kafka = kafka
         self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=kafka.bootstrap_servers, enable_auto_commit=False,
-            group_id=None, auto_offset_reset="earliest",
+            bootstrap_servers=kafka.bootstrap_servers,
+            enable_auto_commit=False,
+            group_id=None,
+            auto_offset_reset="earliest",
         )
 
     async def start(self) -> None:
@@ -115,15 +117,20 @@ async def produce(
     on_sent: Callable[[], None] = lambda: None,
 ) -> None:
     producer = AIOKafkaProducer(
-        bootstrap_servers=kafka.bootstrap_servers, acks="all", enable_idempotence=True,
+        bootstrap_servers=kafka.bootstrap_servers,
+        acks="all",
+        enable_idempotence=True,
         linger_ms=10,
     )
     await producer.start()
     try:
         futures = []
         for req in requests:
-            futures.append(await producer.send(
-                kafka.request_topic, value=req.value, key=req.request_id.encode()))
+            futures.append(
+                await producer.send(
+                    kafka.request_topic, value=req.value, key=req.request_id.encode()
+                )
+            )
         for fut in futures:
             await fut
             on_sent()
@@ -193,7 +200,9 @@ class DeadLetterFilter:
 async def read_dead_letters(kafka: KafkaSettings) -> list[DeadLetter]:
     """Everything in the dead-letter topic up to its current end."""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=kafka.bootstrap_servers, enable_auto_commit=False, group_id=None,
+        bootstrap_servers=kafka.bootstrap_servers,
+        enable_auto_commit=False,
+        group_id=None,
         auto_offset_reset="earliest",
     )
     await consumer.start()
@@ -210,9 +219,16 @@ async def read_dead_letters(kafka: KafkaSettings) -> list[DeadLetter]:
             for tp, messages in batch.items():
                 for msg in messages:
                     if msg.offset < todo.get(tp, 0):
-                        letters.append(DeadLetter(
-                            msg.partition, msg.offset, msg.key, msg.value, msg.timestamp,
-                            tuple(msg.headers or ())))
+                        letters.append(
+                            DeadLetter(
+                                msg.partition,
+                                msg.offset,
+                                msg.key,
+                                msg.value,
+                                msg.timestamp,
+                                tuple(msg.headers or ()),
+                            )
+                        )
             for tp in list(todo):
                 if await consumer.position(tp) >= todo[tp]:
                     del todo[tp]
@@ -232,14 +248,19 @@ async def replay(
     ``dlq.replay_count`` bumped. The timestamp is the replay's own: an old original timestamp
     could put the record past the topic's retention at once."""
     producer = AIOKafkaProducer(
-        bootstrap_servers=kafka.bootstrap_servers, acks="all", enable_idempotence=True,
+        bootstrap_servers=kafka.bootstrap_servers,
+        acks="all",
+        enable_idempotence=True,
     )
     await producer.start()
     try:
         for letter in letters:
             topic = letter.header("dlq.original.topic") or kafka.request_topic
             await producer.send_and_wait(
-                topic, value=letter.value, key=letter.key, headers=replay_headers(letter.headers),
+                topic,
+                value=letter.value,
+                key=letter.key,
+                headers=replay_headers(letter.headers),
             )
             on_sent()
     finally:

@@ -49,9 +49,9 @@ def demo_requests(run_id: str) -> list[Outgoing]:
     """A dozen valid requests in three languages, then two that must be dead-lettered."""
     out = []
     for i, (lang, text) in enumerate(SAMPLES, start=1):
-        body = {"request_id": f"{run_id}-{i:02d}-{lang}", "text": text, "language": lang,
-                "metadata": {"demo": run_id}}
-        out.append(Outgoing(body["request_id"], json.dumps(body, ensure_ascii=False).encode()))
+        rid = f"{run_id}-{i:02d}-{lang}"
+        body = {"request_id": rid, "text": text, "language": lang, "metadata": {"demo": run_id}}
+        out.append(Outgoing(rid, json.dumps(body, ensure_ascii=False).encode()))
     out.append(Outgoing(f"{run_id}-13-not-json", b"this is not JSON {"))
     empty = {"request_id": f"{run_id}-14-empty-text", "text": ""}
     out.append(Outgoing(empty["request_id"], json.dumps(empty).encode()))
@@ -98,8 +98,9 @@ async def run_demo(console: Console, *, keep_services: bool = False) -> int:
 async def _demo(console: Console) -> int:
     settings = Settings(
         kafka=KafkaSettings(bootstrap_servers="127.0.0.1:9092", group_id="voxline-demo"),
-        store=StoreSettings(endpoint_url="http://127.0.0.1:8333", bucket="voxline-audio",
-                            region="us-east-1"),
+        store=StoreSettings(
+            endpoint_url="http://127.0.0.1:8333", bucket="voxline-audio", region="us-east-1"
+        ),
         backend="espeak",
         max_in_flight=4,
     )
@@ -110,8 +111,9 @@ async def _demo(console: Console) -> int:
     ready = asyncio.Event()
     box: list[Runner] = []
     server = asyncio.create_task(serve(settings, ready=ready, runner_box=box))
-    await asyncio.wait([server, asyncio.create_task(ready.wait())],
-                       return_when=asyncio.FIRST_COMPLETED)
+    await asyncio.wait(
+        [server, asyncio.create_task(ready.wait())], return_when=asyncio.FIRST_COMPLETED
+    )
     if server.done():
         server.result()  # start-up failed: raise its error
     follower = CompletionFollower(settings.kafka)
@@ -130,8 +132,10 @@ async def _demo(console: Console) -> int:
     console.print(_table(requests, events))
     ok = sum(1 for e in events.values() if e["status"] == "succeeded")
     bad = sum(1 for e in events.values() if e["status"] == "failed")
-    console.print(f"{ok} succeeded, {bad} dead-lettered, {len(requests) - len(events)} missing, "
-                  f"in {elapsed:.1f} s")
+    console.print(
+        f"{ok} succeeded, {bad} dead-lettered, {len(requests) - len(events)} missing, "
+        f"in {elapsed:.1f} s"
+    )
     expected_ok = len(SAMPLES)
     return 0 if ok == expected_ok and bad == len(requests) - expected_ok else 1
 
@@ -146,12 +150,19 @@ def _table(requests: list[Outgoing], events: dict[str, dict[str, Any]]) -> Table
             table.add_row(req.request_id, "[red]no event[/red]", "", "")
         elif event["status"] == "succeeded":
             audio = event["audio"]
-            table.add_row(req.request_id, "[green]succeeded[/green]", audio["uri"],
-                          f"{audio['duration_ms'] / 1000:.2f} s, {audio['sample_rate']} Hz, "
-                          f"{audio['bytes']} B")
+            table.add_row(
+                req.request_id,
+                "[green]succeeded[/green]",
+                audio["uri"],
+                f"{audio['duration_ms'] / 1000:.2f} s, {audio['sample_rate']} Hz, "
+                f"{audio['bytes']} B",
+            )
         else:
             dl = event["dead_letter"]
-            table.add_row(req.request_id, f"[yellow]dead-lettered: {event['reason']}[/yellow]",
-                          f"{dl['topic']} partition {dl['partition']} offset {dl['offset']}",
-                          event["error"]["message"])
+            table.add_row(
+                req.request_id,
+                f"[yellow]dead-lettered: {event['reason']}[/yellow]",
+                f"{dl['topic']} partition {dl['partition']} offset {dl['offset']}",
+                event["error"]["message"],
+            )
     return table

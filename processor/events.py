@@ -137,7 +137,7 @@ class Failure:
     http_status: int | None = None
 
 
-_DROPPED_PREFIXES = ("dlq.", "traceparent", "tracestate", "b3", "x-b3-")
+_DROPPED_PREFIXES = ("dlq.", "traceparent", "tracestate", "baggage")
 
 
 def replay_count(headers: Sequence[tuple[str, bytes]]) -> int:

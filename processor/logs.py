@@ -8,8 +8,17 @@ import sys
 import structlog
 
 #: Field names whose values are never written, whatever a caller binds.
-_SECRET_KEYS = frozenset({"api_key", "password", "secret", "token", "authorization",
-                          "aws_secret_access_key", "sasl_plain_password"})
+_SECRET_KEYS = frozenset(
+    {
+        "api_key",
+        "password",
+        "secret",
+        "token",
+        "authorization",
+        "aws_secret_access_key",
+        "sasl_plain_password",
+    }
+)
 
 
 def _redact(_: object, __: str, event: structlog.typing.EventDict) -> structlog.typing.EventDict:
@@ -21,7 +30,9 @@ def _redact(_: object, __: str, event: structlog.typing.EventDict) -> structlog.
 
 def configure(level: str = "info", *, json: bool = True) -> None:
     numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
-    logging.basicConfig(stream=sys.stderr, level=max(numeric, logging.WARNING), format="%(message)s")
+    logging.basicConfig(
+        stream=sys.stderr, level=max(numeric, logging.WARNING), format="%(message)s"
+    )
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer(ensure_ascii=False)
         if json

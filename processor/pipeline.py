@@ -103,7 +103,9 @@ class Pipeline:
             request = parse_request(record.value, max_text_chars=self.settings.max_text_chars)
         except InvalidInput as exc:
             request_id = best_effort_request_id(record.value) or _fallback_subject(record)
-            await self._fail(record, request_id, {}, exc, 0, _now(), rlog.bind(request_id=request_id))
+            await self._fail(
+                record, request_id, {}, exc, 0, _now(), rlog.bind(request_id=request_id)
+            )
             return "failed"
         rlog = rlog.bind(request_id=request.request_id)
         try:
@@ -111,21 +113,34 @@ class Pipeline:
             stored, store_s = await self._store(request, audio, rlog)
         except _Outcome as out:
             await self._fail(
-                record, request.request_id, request.metadata, out.error, out.attempts,
-                out.first_failed_at, rlog,
+                record,
+                request.request_id,
+                request.metadata,
+                out.error,
+                out.attempts,
+                out.first_failed_at,
+                rlog,
             )
             return "failed"
         total_s = time.time() - record.timestamp_ms / 1000
         queued_s = max(0.0, total_s - (time.monotonic() - started))
         body = succeeded_body(
-            request.request_id, stored,
-            backend=self._backend_name(request), attempts=attempts, chunks=1,
+            request.request_id,
+            stored,
+            backend=self._backend_name(request),
+            attempts=attempts,
+            chunks=1,
             timings=Timings(_ms(queued_s), _ms(synth_s), _ms(store_s), _ms(total_s)),
             metadata=request.metadata,
         )
         await self._publish_event(request.request_id, SUCCEEDED_TYPE, "succeeded", body, rlog)
-        rlog.info("succeeded", stage="publish", attempt=attempts, uri=stored.uri,
-                  duration_ms=stored.duration_ms)
+        rlog.info(
+            "succeeded",
+            stage="publish",
+            attempt=attempts,
+            uri=stored.uri,
+            duration_ms=stored.duration_ms,
+        )
         return "succeeded"
 
     # -- synthesize -------------------------------------------------------------------------
@@ -143,14 +158,24 @@ class Pipeline:
         if backend is None:
             known = ", ".join(sorted(self.backends))
             raise _Outcome(
-                InvalidInput(f"$.backend: no backend named {name!r} (configured: {known})",
-                             stage=Stage.VALIDATE, error_type="unknown_backend"),
-                0, _now())
+                InvalidInput(
+                    f"$.backend: no backend named {name!r} (configured: {known})",
+                    stage=Stage.VALIDATE,
+                    error_type="unknown_backend",
+                ),
+                0,
+                _now(),
+            )
         if request.deadline is not None and request.deadline <= _now():
             raise _Outcome(
-                Expired(f"deadline {request.deadline.isoformat()} passed before synthesis",
-                        stage=Stage.SYNTHESIZE, error_type="deadline_passed"),
-                0, _now())
+                Expired(
+                    f"deadline {request.deadline.isoformat()} passed before synthesis",
+                    stage=Stage.SYNTHESIZE,
+                    error_type="deadline_passed",
+                ),
+                0,
+                _now(),
+            )
         retry = self.settings.retry
         budget_end = time.monotonic() + retry.timeout_s
 
@@ -165,8 +190,11 @@ class Pipeline:
         while True:
             try:
                 async for attempt in stamina.retry_context(
-                    on=backoff, attempts=retry.attempts, timeout=retry.timeout_s,
-                    wait_initial=retry.wait_initial_s, wait_max=retry.wait_max_s,
+                    on=backoff,
+                    attempts=retry.attempts,
+                    timeout=retry.timeout_s,
+                    wait_initial=retry.wait_initial_s,
+                    wait_max=retry.wait_max_s,
                 ):
                     with attempt:
                         attempts += 1
@@ -174,17 +202,25 @@ class Pipeline:
                             audio = await backend.synthesize(request)
                         except VoxlineError as exc:
                             first_failed = first_failed or _now()
-                            rlog.warning("backend call failed", stage="synthesize",
-                                         attempt=attempts, error_type=exc.error_type,
-                                         error=exc.message, http_status=exc.http_status)
+                            rlog.warning(
+                                "backend call failed",
+                                stage="synthesize",
+                                attempt=attempts,
+                                error_type=exc.error_type,
+                                error=exc.message,
+                                http_status=exc.http_status,
+                            )
                             raise
                         return audio, attempts, time.monotonic() - t0
             except Systemic as exc:
                 await self._wait_systemic(exc, attempts, rlog)
             except Transient as exc:
                 exhausted = Transient(
-                    f"gave up after {attempts} attempts: {exc.message}", stage=exc.stage,
-                    http_status=exc.http_status, error_type=exc.error_type)
+                    f"gave up after {attempts} attempts: {exc.message}",
+                    stage=exc.stage,
+                    http_status=exc.http_status,
+                    error_type=exc.error_type,
+                )
                 raise _Outcome(exhausted, attempts, first_failed or _now()) from exc
             except Permanent as exc:
                 raise _Outcome(exc, attempts, first_failed or _now()) from exc
@@ -194,17 +230,27 @@ class Pipeline:
                 # A bug in an adapter must not wedge the partition: dead-letter this record.
                 rlog.exception("unexpected backend error", stage="synthesize", attempt=attempts)
                 raise _Outcome(
-                    Permanent(f"internal error: {type(exc).__name__}: {exc}",
-                              stage=Stage.SYNTHESIZE, error_type="internal_error"),
-                    attempts, first_failed or _now()) from exc
+                    Permanent(
+                        f"internal error: {type(exc).__name__}: {exc}",
+                        stage=Stage.SYNTHESIZE,
+                        error_type="internal_error",
+                    ),
+                    attempts,
+                    first_failed or _now(),
+                ) from exc
 
     async def _wait_systemic(
         self, exc: Systemic, attempt: int, rlog: structlog.typing.FilteringBoundLogger
     ) -> None:
         """A dependency is down for everyone: hold the record (it is not its fault)."""
         wait = min(self.settings.retry.systemic_wait_max_s, 1.0 + attempt)
-        rlog.warning("dependency unavailable; holding record", stage=exc.stage.value,
-                     error_type=exc.error_type, error=exc.message, wait_s=wait)
+        rlog.warning(
+            "dependency unavailable; holding record",
+            stage=exc.stage.value,
+            error_type=exc.error_type,
+            error=exc.message,
+            wait_s=wait,
+        )
         await asyncio.sleep(wait)
 
     async def _until_done(
@@ -230,7 +276,9 @@ class Pipeline:
         try:
             uri = await self._until_done(
                 lambda: self.store.put(
-                    key, audio.data, CONTENT_TYPES.get(audio.format, "application/octet-stream"),
+                    key,
+                    audio.data,
+                    CONTENT_TYPES.get(audio.format, "application/octet-stream"),
                     {"request_id": request.request_id, "sha256": digest},
                 ),
                 rlog,
@@ -238,22 +286,32 @@ class Pipeline:
         except Permanent as exc:
             raise _Outcome(exc, 1, _now()) from exc
         stored = StoredAudio(
-            uri=uri, bytes=len(audio.data), sha256=digest, format=audio.format,
-            sample_rate=audio.sample_rate, channels=audio.channels, duration_ms=audio.duration_ms,
+            uri=uri,
+            bytes=len(audio.data),
+            sha256=digest,
+            format=audio.format,
+            sample_rate=audio.sample_rate,
+            channels=audio.channels,
+            duration_ms=audio.duration_ms,
         )
         return stored, time.monotonic() - t0
 
     # -- publish ------------------------------------------------------------------------------
 
     async def _publish_event(
-        self, subject: str, ce_type: str, status: str, body: Mapping[str, object],
+        self,
+        subject: str,
+        ce_type: str,
+        status: str,
+        body: Mapping[str, object],
         rlog: structlog.typing.FilteringBoundLogger,
     ) -> None:
         headers = ce_headers(subject, ce_type, status, self.settings.event_source, _now())
         value = encode(body)
         await self._until_done(
             lambda: self.sink.send(
-                self.settings.kafka.completion_topic, subject.encode(), value, headers),
+                self.settings.kafka.completion_topic, subject.encode(), value, headers
+            ),
             rlog,
         )
 
@@ -269,30 +327,52 @@ class Pipeline:
     ) -> None:
         reason = error.reason or Reason.RETRIES_EXHAUSTED
         failure = Failure(
-            stage=error.stage, reason=reason, error_type=error.error_type, message=error.message,
-            attempts=attempts, first_failed_at=first_failed_at, failed_at=_now(),
+            stage=error.stage,
+            reason=reason,
+            error_type=error.error_type,
+            message=error.message,
+            attempts=attempts,
+            first_failed_at=first_failed_at,
+            failed_at=_now(),
             http_status=error.http_status,
         )
         headers = dead_letter_headers(
-            record.headers, topic=record.topic, partition=record.partition, offset=record.offset,
-            timestamp_ms=record.timestamp_ms, group_id=self.settings.kafka.group_id,
-            processor=self.settings.processor_id, failure=failure,
+            record.headers,
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            timestamp_ms=record.timestamp_ms,
+            group_id=self.settings.kafka.group_id,
+            processor=self.settings.processor_id,
+            failure=failure,
         )
         dlq_topic = self.settings.kafka.dlq_topic
         partition, offset = await self._until_done(
-            lambda: self.sink.send(dlq_topic, record.key, record.value, headers,
-                                   record.timestamp_ms),
+            lambda: self.sink.send(
+                dlq_topic, record.key, record.value, headers, record.timestamp_ms
+            ),
             rlog,
         )
         body = failed_body(
-            request_id, reason=reason, error_type=error.error_type, message=error.message,
-            dead_letter=DeadLetterRef(dlq_topic, partition, offset), attempts=attempts,
+            request_id,
+            reason=reason,
+            error_type=error.error_type,
+            message=error.message,
+            dead_letter=DeadLetterRef(dlq_topic, partition, offset),
+            attempts=attempts,
             metadata=metadata,
         )
         await self._publish_event(request_id, FAILED_TYPE, "failed", body, rlog)
-        rlog.warning("dead-lettered", stage=error.stage.value, reason=reason.value,
-                     error_type=error.error_type, error=error.message, attempt=attempts,
-                     dlq_partition=partition, dlq_offset=offset)
+        rlog.warning(
+            "dead-lettered",
+            stage=error.stage.value,
+            reason=reason.value,
+            error_type=error.error_type,
+            error=error.message,
+            attempt=attempts,
+            dlq_partition=partition,
+            dlq_offset=offset,
+        )
 
 
 def _fallback_subject(record: Record) -> str:
@@ -303,6 +383,10 @@ def _fallback_subject(record: Record) -> str:
             key = record.key.decode()
         except UnicodeDecodeError:
             key = ""
-        if key and len(key) <= 128 and all(c.isascii() and (c.isalnum() or c in "._:-") for c in key):
+        if (
+            key
+            and len(key) <= 128
+            and all(c.isascii() and (c.isalnum() or c in "._:-") for c in key)
+        ):
             return key
     return f"{record.topic}:{record.partition}:{record.offset}"

@@ -142,8 +142,12 @@ class Runner:
             raise
         except Exception:
             # Not finished, so its offset is never committed: a restart redoes it.
-            log.exception("record left unfinished", topic=tp.topic, partition=tp.partition,
-                          offset=record.offset)
+            log.exception(
+                "record left unfinished",
+                topic=tp.topic,
+                partition=tp.partition,
+                offset=record.offset,
+            )
             return
         self.counts[outcome] = self.counts.get(outcome, 0) + 1
         self.tracker.finish(tp, record.offset)
@@ -165,12 +169,14 @@ class Runner:
     async def _drain(self, tasks: list[asyncio.Task[None]]) -> None:
         if not tasks:
             return
-        log.info("draining in-flight records", count=len(tasks),
-                 timeout_s=self.settings.drain_timeout_s)
+        log.info(
+            "draining in-flight records", count=len(tasks), timeout_s=self.settings.drain_timeout_s
+        )
         _, pending = await asyncio.wait(tasks, timeout=self.settings.drain_timeout_s)
         if pending:
-            log.warning("drain deadline passed; abandoning records for redelivery",
-                        count=len(pending))
+            log.warning(
+                "drain deadline passed; abandoning records for redelivery", count=len(pending)
+            )
 
     async def _cancel(self, tasks: list[asyncio.Task[None]]) -> None:
         for task in tasks:

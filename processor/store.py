@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Protocol, Self
 
 import aioboto3
 import botocore.exceptions
-from botocore.config import Config
+from aiobotocore.config import AioConfig
 
 from processor.errors import Permanent, Stage, Systemic
 
@@ -40,12 +40,23 @@ def _store_error(exc: Exception) -> Permanent | Systemic:
         code = str(exc.response.get("Error", {}).get("Code", ""))
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         if code in _PER_OBJECT_ERRORS:
-            return Permanent(f"store rejected object: {code}", stage=Stage.STORE,
-                             http_status=status, error_type=f"s3_{code}")
-        return Systemic(f"store error: {code or exc}", stage=Stage.STORE,
-                        http_status=status, error_type=f"s3_{code or 'error'}")
-    return Systemic(f"store unreachable: {type(exc).__name__}: {exc}", stage=Stage.STORE,
-                    error_type="s3_unreachable")
+            return Permanent(
+                f"store rejected object: {code}",
+                stage=Stage.STORE,
+                http_status=status,
+                error_type=f"s3_{code}",
+            )
+        return Systemic(
+            f"store error: {code or exc}",
+            stage=Stage.STORE,
+            http_status=status,
+            error_type=f"s3_{code or 'error'}",
+        )
+    return Systemic(
+        f"store unreachable: {type(exc).__name__}: {exc}",
+        stage=Stage.STORE,
+        error_type="s3_unreachable",
+    )
 
 
 class S3Store:
@@ -63,7 +74,7 @@ class S3Store:
         self.bucket = bucket
         self._endpoint_url = endpoint_url
         self._region = region
-        self._config = Config(
+        self._config = AioConfig(
             max_pool_connections=max_connections,
             retries={"max_attempts": 2, "mode": "standard"},
             connect_timeout=5,
@@ -110,8 +121,7 @@ class S3Store:
                 ContentType=content_type,
                 Metadata=dict(metadata),
             )
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError,
-                OSError) as exc:
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, OSError) as exc:
             raise _store_error(exc) from exc
         return f"s3://{self.bucket}/{key}"
 

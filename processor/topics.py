@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 
 import structlog
@@ -25,14 +26,14 @@ async def ensure_topics(bootstrap_servers: str, topics: Iterable[str], partition
             return
         brokers = len((await admin.describe_cluster())["brokers"])
         replication = min(3, brokers)
-        try:
+        # Another instance may win the race to create them.
+        with contextlib.suppress(TopicAlreadyExistsError):
             await admin.create_topics(
-                [NewTopic(t, num_partitions=partitions, replication_factor=replication)
-                 for t in missing]
+                [
+                    NewTopic(t, num_partitions=partitions, replication_factor=replication)
+                    for t in missing
+                ]
             )
-        except TopicAlreadyExistsError:
-            pass  # another instance won the race
-        log.info("created topics", topics=missing, partitions=partitions,
-                 replication=replication)
+        log.info("created topics", topics=missing, partitions=partitions, replication=replication)
     finally:
         await admin.close()

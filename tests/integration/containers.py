@@ -15,7 +15,7 @@ def containers() -> Iterator[Services]:
     from testcontainers.kafka import KafkaContainer
     from testcontainers.minio import MinioContainer
 
-    with KafkaContainer("apache/kafka:4.1.1").with_kraft() as kafka, MinioContainer() as minio:
+    with KafkaContainer("apache/kafka:4.3.1").with_kraft() as kafka, MinioContainer() as minio:
         cfg = minio.get_config()
         os.environ["AWS_ACCESS_KEY_ID"] = cfg["access_key"]
         os.environ["AWS_SECRET_ACCESS_KEY"] = cfg["secret_key"]

@@ -33,10 +33,17 @@ def unique_settings(services: Services, name: str, **overrides: Any) -> Settings
         dlq_topic=f"{tag}.requests.dlq",
         create_topics_partitions=4,
     )
-    store = StoreSettings(endpoint_url=services.s3_endpoint_url, bucket=services.bucket,
-                          prefix=f"tests/{tag}/", region="us-east-1")
-    fields: dict[str, Any] = {"kafka": kafka, "store": store,
-                              "retry": RetrySettings(attempts=5, timeout_s=30)}
+    store = StoreSettings(
+        endpoint_url=services.s3_endpoint_url,
+        bucket=services.bucket,
+        prefix=f"tests/{tag}/",
+        region="us-east-1",
+    )
+    fields: dict[str, Any] = {
+        "kafka": kafka,
+        "store": store,
+        "retry": RetrySettings(attempts=5, timeout_s=30),
+    }
     fields.update(overrides)
     return Settings(**fields)
 
@@ -63,13 +70,18 @@ async def running(
 
 
 async def produce(settings: Settings, records: Iterable[tuple[bytes | None, bytes | None]]) -> int:
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers,
-                                enable_idempotence=True, acks="all", linger_ms=5)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka.bootstrap_servers,
+        enable_idempotence=True,
+        acks="all",
+        linger_ms=5,
+    )
     await producer.start()
     n = 0
     try:
-        futures = [await producer.send(settings.kafka.request_topic, key=k, value=v)
-                   for k, v in records]
+        futures = [
+            await producer.send(settings.kafka.request_topic, key=k, value=v) for k, v in records
+        ]
         for fut in futures:
             await fut
             n += 1
@@ -96,8 +108,12 @@ class Msg:
 
 async def read_topic(kafka: KafkaSettings, topic: str) -> list[Msg]:
     """Every record of ``topic`` up to its current end."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=kafka.bootstrap_servers, group_id=None,
-                                enable_auto_commit=False, auto_offset_reset="earliest")
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=kafka.bootstrap_servers,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
     await consumer.start()
     out: list[Msg] = []
     try:
@@ -111,8 +127,15 @@ async def read_topic(kafka: KafkaSettings, topic: str) -> list[Msg]:
             for tp, msgs in batch.items():
                 for m in msgs:
                     if m.offset < ends.get(tp, 0):
-                        out.append(Msg(m.partition, m.offset, m.key, m.value,
-                                       {k: v.decode() for k, v in (m.headers or ())}))
+                        out.append(
+                            Msg(
+                                m.partition,
+                                m.offset,
+                                m.key,
+                                m.value,
+                                {k: v.decode() for k, v in (m.headers or ())},
+                            )
+                        )
             for tp in list(ends):
                 if await consumer.position(tp) >= ends[tp]:
                     del ends[tp]
@@ -139,7 +162,9 @@ async def events_by_id(settings: Settings) -> dict[str, list[Msg]]:
     return out
 
 
-async def wait_for_events(settings: Settings, ids: set[str], timeout: float) -> dict[str, list[Msg]]:
+async def wait_for_events(
+    settings: Settings, ids: set[str], timeout: float
+) -> dict[str, list[Msg]]:
     seen: dict[str, list[Msg]] = {}
 
     async def done() -> bool:
@@ -151,20 +176,32 @@ async def wait_for_events(settings: Settings, ids: set[str], timeout: float) -> 
     return seen
 
 
-async def get_object(services: Services, uri: str) -> tuple[bytes, dict[str, Any]]:
-    assert uri.startswith(f"s3://{services.bucket}/"), uri
-    key = uri.removeprefix(f"s3://{services.bucket}/")
+async def get_objects(
+    services: Services, uris: Iterable[str]
+) -> dict[str, tuple[bytes, dict[str, Any]]]:
+    """Bytes and head of each ``s3://`` URI, through one client."""
+    prefix = f"s3://{services.bucket}/"
     async with aioboto3.Session().client("s3", endpoint_url=services.s3_endpoint_url) as s3:
-        resp = await s3.get_object(Bucket=services.bucket, Key=key)
-        async with resp["Body"] as body:
-            data = await body.read()
-    return data, {"ContentType": resp["ContentType"], "Metadata": resp["Metadata"]}
+
+        async def one(uri: str) -> tuple[bytes, dict[str, Any]]:
+            assert uri.startswith(prefix), uri
+            resp = await s3.get_object(Bucket=services.bucket, Key=uri.removeprefix(prefix))
+            async with resp["Body"] as body:
+                data = await body.read()
+            return data, {"ContentType": resp["ContentType"], "Metadata": resp["Metadata"]}
+
+        wanted = list(dict.fromkeys(uris))
+        got = await asyncio.gather(*(one(u) for u in wanted))
+    return dict(zip(wanted, got, strict=True))
 
 
 async def committed(settings: Settings) -> dict[int, int]:
     """The group's committed offset per partition of the request topic."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers,
-                                group_id=settings.kafka.group_id, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka.bootstrap_servers,
+        group_id=settings.kafka.group_id,
+        enable_auto_commit=False,
+    )
     await consumer.start()
     try:
         ends = await end_offsets(consumer, settings.kafka.request_topic)

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 
 import aioboto3
 from aiokafka.admin import AIOKafkaAdminClient
 
-DEFAULT_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "voxline", "AWS_SECRET_ACCESS_KEY": "voxline-secret",
-                       "AWS_REGION": "us-east-1"}
+DEFAULT_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "voxline",
+    "AWS_SECRET_ACCESS_KEY": "voxline-secret",
+    "AWS_REGION": "us-east-1",
+}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -39,10 +43,8 @@ async def _kafka_ok(bootstrap: str) -> bool:
     except Exception:
         return False
     finally:
-        try:
+        with contextlib.suppress(Exception):
             await admin.close()
-        except Exception:
-            pass
 
 
 async def _s3_ok(svc: Services) -> bool:

@@ -80,7 +80,10 @@ async def test_422_is_dead_lettered_after_one_attempt_then_replayed(services: Se
     for rid in ids:
         statuses = [m.json()["status"] for m in replayed[rid]]
         assert statuses == ["failed", "succeeded"], statuses
-    resent = [m for m in await read_topic(settings.kafka, settings.kafka.request_topic)
-              if m.headers.get("dlq.replay_count")]
+    resent = [
+        m
+        for m in await read_topic(settings.kafka, settings.kafka.request_topic)
+        if m.headers.get("dlq.replay_count")
+    ]
     assert len(resent) == 5
     assert {m.headers["dlq.replay_count"] for m in resent} == {"1"}

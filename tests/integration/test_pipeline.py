@@ -14,7 +14,7 @@ import pytest
 from tests.integration.harness import (
     Msg,
     events_by_id,
-    get_object,
+    get_objects,
     produce,
     read_topic,
     request,
@@ -42,16 +42,22 @@ async def test_200_requests_become_200_valid_wavs(
     ids = [f"bulk-{i:03d}" for i in range(200)]
     async with running(settings):
         t0 = time.monotonic()
-        await produce(settings, [
-            request(rid, LINES[i % 4][1], language=LINES[i % 4][0], metadata={"n": str(i)})
-            for i, rid in enumerate(ids)
-        ])
+        await produce(
+            settings,
+            [
+                request(rid, LINES[i % 4][1], language=LINES[i % 4][0], metadata={"n": str(i)})
+                for i, rid in enumerate(ids)
+            ],
+        )
         events = await wait_for_events(settings, set(ids), timeout=300)
         elapsed = time.monotonic() - t0
     with capsys.disabled():
-        print(f"\n[figure] 200 requests end to end in {elapsed:.1f} s: "
-              f"{200 / elapsed:.1f} requests/s (espeak-ng, window 8)")
+        print(
+            f"\n[figure] 200 requests end to end in {elapsed:.1f} s: "
+            f"{200 / elapsed:.1f} requests/s (espeak-ng, window 8)"
+        )
     assert set(events) == set(ids)
+    objects = await get_objects(services, [events[r][0].json()["audio"]["uri"] for r in ids])
     for i, rid in enumerate(ids):
         (event,) = events[rid]
         body = event.json()
@@ -60,7 +66,7 @@ async def test_200_requests_become_200_valid_wavs(
         assert event.headers["ce_subject"] == rid
         assert event.key == rid.encode()
         assert body["metadata"] == {"n": str(i)}
-        data, head = await get_object(services, body["audio"]["uri"])
+        data, head = objects[body["audio"]["uri"]]
         assert hashlib.sha256(data).hexdigest() == body["audio"]["sha256"]
         assert head["Metadata"]["sha256"] == body["audio"]["sha256"]
         assert head["Metadata"]["request_id"] == rid
@@ -83,20 +89,34 @@ async def test_malformed_records_are_dead_lettered_and_the_rest_succeed(
         # request_id (or the key it is known by): key, value, expected stage, field in message
         "bad-json": (b"bad-json", b"{not json", "decode", ""),
         "bad-array": (b"bad-array", b"[1, 2, 3]", "decode", ""),
-        "bad-types": (b"bad-types", json.dumps({"request_id": "bad-types", "text": 42}).encode(),
-                      "validate", "text"),
-        "bad-empty": (b"bad-empty", json.dumps({"request_id": "bad-empty", "text": ""}).encode(),
-                      "validate", "text"),
-        "bad-oversize": (b"bad-oversize",
-                         json.dumps({"request_id": "bad-oversize", "text": "a" * 600}).encode(),
-                         "validate", "text"),
-        "bad-format": (b"bad-format", json.dumps(
-            {"request_id": "bad-format", "text": "hi", "format": "aiff"}).encode(),
-            "validate", "format"),
+        "bad-types": (
+            b"bad-types",
+            json.dumps({"request_id": "bad-types", "text": 42}).encode(),
+            "validate",
+            "text",
+        ),
+        "bad-empty": (
+            b"bad-empty",
+            json.dumps({"request_id": "bad-empty", "text": ""}).encode(),
+            "validate",
+            "text",
+        ),
+        "bad-oversize": (
+            b"bad-oversize",
+            json.dumps({"request_id": "bad-oversize", "text": "a" * 600}).encode(),
+            "validate",
+            "text",
+        ),
+        "bad-format": (
+            b"bad-format",
+            json.dumps({"request_id": "bad-format", "text": "hi", "format": "aiff"}).encode(),
+            "validate",
+            "format",
+        ),
         "bad-utf8": (b"bad-utf8", b"\xff\xfe\x00garbage", "decode", ""),
     }
     good = [f"good-{i}" for i in range(12)]
-    records = []
+    records: list[tuple[bytes | None, bytes | None]] = []
     for i, rid in enumerate(good):
         records.append(request(rid, LINES[i % 4][1], language=LINES[i % 4][0]))
         if i < len(bad):
@@ -126,15 +146,25 @@ async def test_malformed_records_are_dead_lettered_and_the_rest_succeed(
         assert h["dlq.consumer.group"] == settings.kafka.group_id
         assert h["dlq.attempts"] == "0"
         assert h["dlq.processor"].startswith("voxline@")
-        for name in ("dlq.original.partition", "dlq.original.offset", "dlq.original.timestamp",
-                     "dlq.error.type", "dlq.error.message", "dlq.first_failed_at",
-                     "dlq.failed_at", "dlq.replay_count"):
+        for name in (
+            "dlq.original.partition",
+            "dlq.original.offset",
+            "dlq.original.timestamp",
+            "dlq.error.type",
+            "dlq.error.message",
+            "dlq.first_failed_at",
+            "dlq.failed_at",
+            "dlq.replay_count",
+        ):
             assert h.get(name), f"{name} missing on {rid}"
         assert len(h["dlq.error.message"].encode()) <= 1024
         if field:
             assert field in h["dlq.error.message"], h["dlq.error.message"]
-        assert body["dead_letter"] == {"topic": settings.kafka.dlq_topic,
-                                       "partition": letter.partition, "offset": letter.offset}
+        assert body["dead_letter"] == {
+            "topic": settings.kafka.dlq_topic,
+            "partition": letter.partition,
+            "offset": letter.offset,
+        }
 
 
 async def test_redelivered_event_keeps_its_id(services: Services) -> None:

@@ -43,8 +43,14 @@ async def _start(settings: Settings, log: Path) -> asyncio.subprocess.Process:
     }
     with log.open("ab") as out:
         return await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "processor", "run", cwd=ROOT, env=env,
-            stdout=out, stderr=out,
+            sys.executable,
+            "-m",
+            "processor",
+            "run",
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=out,
         )
 
 
