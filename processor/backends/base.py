@@ -40,3 +40,24 @@ class Backend(Protocol):
     async def aclose(self) -> None:
         """Release connections and subprocesses."""
         ...
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReferenceAudio:
+    """A clone prompt read from the store: checked, as a PCM WAV."""
+
+    uri: str
+    wav: bytes
+    sample_rate: int
+    channels: int
+    duration_ms: int
+
+
+class ReferenceLoader(Protocol):
+    """Reads reference audio named by ``s3://bucket/key``.
+
+    Raises ``InvalidInput`` when the bucket is not allowed, the object is missing, or the audio
+    is not usable (not a PCM WAV, too long, too low a rate); ``Systemic`` when the store is down.
+    """
+
+    async def load(self, uri: str) -> ReferenceAudio: ...
