@@ -19,7 +19,8 @@ from processor import __version__, logs
 from processor.settings import KafkaSettings, RetrySettings, Settings, StoreSettings
 
 F = TypeVar("F", bound=Callable[..., Any])
-console = Console(stderr=False)
+# Piped output gets a wide table rather than rich's 80-column default.
+console = Console(width=None if sys.stdout.isatty() else 160)
 
 
 def _options(*opts: Callable[[F], F]) -> Callable[[F], F]:

@@ -106,7 +106,7 @@ async def _demo(console: Console) -> int:
     )
     from processor.app import serve
 
-    run_id = "demo-" + dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
+    run_id = "demo-" + dt.datetime.now(dt.UTC).strftime("%m%d-%H%M%S")
     requests = demo_requests(run_id)
     ready = asyncio.Event()
     box: list[Runner] = []
