@@ -418,9 +418,18 @@ def dlq_replay(dry_run: bool, **kw: Any) -> None:
 @click.option(
     "--keep-services", is_flag=True, help="Leave the Kafka broker and S3 store running afterwards."
 )
-def demo(keep_services: bool) -> None:
+@click.pass_context
+def demo(ctx: click.Context, keep_services: bool) -> None:
     """The whole pipeline on this machine: local broker and store, espeak-ng, sample
     requests in English, Chinese and Japanese plus two invalid ones."""
     from processor.demo import run_demo
+
+    parent = ctx.parent
+    if parent is not None and parent.get_parameter_source("log_level") in (
+        click.core.ParameterSource.DEFAULT,
+        None,
+    ):
+        # The demo's output is its table; keep the processor's info lines out of it.
+        logs.configure("warning", json=False)
 
     sys.exit(asyncio.run(run_demo(console, keep_services=keep_services)))
