@@ -1,0 +1,501 @@
+"""A fake Fish Speech API server (``tools/api_server.py``) for tests and benchmarks.
+
+It follows the real contract field by field: ``POST /v1/tts`` takes a ``ServeTTSRequest`` as
+``application/json``, ``application/msgpack`` or ``multipart/form-data`` (anything else 415);
+fields are checked as the server's pydantic model does (``text`` required, ``chunk_length``
+100-1000, ``top_p`` 0.1-1.0, ``temperature`` 0.1-1.0, ``repetition_penalty`` 0.9-2.0, ...),
+a failure answering 422 with kui's bare list of pydantic errors; other errors are
+``{"statusCode", "message", "error"}``. Like the real server it runs one generation at a time:
+requests (and ``/v1/health``) wait on a lock, so latency grows with the queue. The answer is a
+real 44.1 kHz mono 16-bit WAV (or headerless pcm) of a quiet tone whose length grows with the
+text. Switches make it misbehave the ways Fish servers do:
+
+    latency_ms, jitter_ms   each generation holds the lock latency +- uniform jitter
+    rtf                     ... plus rtf x the audio's duration (a real-time factor)
+    ms_per_char             audio length per character of text
+    queue_limit             a request arriving with this many already waiting answers 500
+                            "Failed to generate speech" (what overload looks like)
+    fail_first_n            the next N requests answer 500 "Failed to generate speech"
+    fail_status             every request answers this status (with ``fail_message``)
+    fail_message            the message for ``fail_status`` (e.g. "No audio generated")
+    retry_after             a ``Retry-After`` header on those failures (hosted 429/503)
+    hosted_errors           errors shaped ``{"message", "status"}`` as hosted Fish Audio's
+    max_text_length         text longer than this answers 400, as ``--max-text-length`` (0: off)
+    max_prompt_chars        text longer than this fails inside generation: 500 "Prompt is too long"
+    api_key                 ``Authorization: Bearer <key>`` required on every route (else 401)
+    truncate                headers promise the whole body; half is sent, then the socket closes
+    empty_body              200 with no body
+    corrupt                 200 with a body that is not audio
+
+Only wav and pcm are produced: mp3 and opus answer 400 (a limit of the fake, not of Fish).
+
+``GET /stats`` returns counters and the last request (its fields as decoded; reference audio
+as ``{"bytes", "sha256"}``) with its Content-Type and Authorization; ``POST /control`` takes a
+JSON object of switches to change at run time (``{"reset": true}`` zeroes the counters).
+
+In-process: ``async with running_fake(latency_ms=50) as fake: fake.url, fake.stats(), fake.set()``.
+Out of process: ``python -m tests.fakes.fish_server --port 0 --latency-ms 250 --queue-limit 8``
+prints ``LISTENING <port>`` once bound to 127.0.0.1 and stops on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import dataclasses
+import hashlib
+import io
+import json
+import math
+import random
+import signal
+import socket
+import struct
+import sys
+import wave
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
+from http import HTTPStatus
+from typing import Any
+
+import msgpack  # type: ignore[import-untyped]  # no stubs or py.typed
+from aiohttp import web
+
+RATE = 44100
+TONE_HZ = 441  # a whole number of samples (100) per period at 44.1 kHz
+FORMATS = ("wav", "pcm", "mp3", "opus")
+PRODUCED = ("wav", "pcm")
+#: ServeTTSRequest's bounded numbers (HEAD): field -> (low, high).
+FLOAT_RANGES = {"top_p": (0.1, 1.0), "repetition_penalty": (0.9, 2.0), "temperature": (0.1, 1.0)}
+INT_RANGES = {"chunk_length": (100, 1000), "stream_chunk_size": (1, 200)}
+CHOICES = {"format": FORMATS, "latency": ("normal", "balanced"), "use_memory_cache": ("on", "off")}
+BOOLS = ("normalize", "streaming", "stream_tokens")
+GENERATION_FAILED = "Failed to generate speech"
+
+
+@dataclasses.dataclass
+class Switches:
+    """How the fake behaves; changed at run time through ``/control`` or ``FakeHandle.set``."""
+
+    latency_ms: float = 0.0
+    jitter_ms: float = 0.0
+    rtf: float = 0.0
+    ms_per_char: float = 60.0
+    queue_limit: int | None = None
+    fail_first_n: int = 0
+    fail_status: int | None = None
+    fail_message: str | None = None
+    retry_after: str | None = None
+    hosted_errors: bool = False
+    max_text_length: int = 0
+    max_prompt_chars: int | None = None
+    api_key: str | None = None
+    truncate: bool = False
+    empty_body: bool = False
+    corrupt: bool = False
+
+
+def tone(duration_ms: float, rate: int = RATE, tone_hz: int = TONE_HZ) -> bytes:
+    """Signed 16-bit mono samples of a quiet tone (``rate`` a multiple of ``tone_hz``)."""
+    period = rate // tone_hz
+    cycle = b"".join(
+        struct.pack("<h", round(3000 * math.sin(2 * math.pi * i / period))) for i in range(period)
+    )
+    frames = max(1, round(rate * duration_ms / 1000))
+    whole, rest = divmod(frames, period)
+    return cycle * whole + cycle[: rest * 2]
+
+
+def wav_bytes(pcm: bytes, rate: int = RATE) -> bytes:
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as writer:
+        writer.setnchannels(1)
+        writer.setsampwidth(2)
+        writer.setframerate(rate)
+        writer.writeframes(pcm)
+    return buffer.getvalue()
+
+
+class FakeFishServer:
+    """The aiohttp application, its generation lock and its counters."""
+
+    def __init__(self, switches: Switches | None = None) -> None:
+        self.switches = switches or Switches()
+        self._fail_remaining = self.switches.fail_first_n
+        self._lock = asyncio.Lock()
+        self.app = web.Application()
+        self.app.router.add_post("/v1/tts", self._tts)
+        self.app.router.add_route("GET", "/v1/health", self._health)
+        self.app.router.add_route("POST", "/v1/health", self._health)
+        self.app.router.add_get("/stats", self._stats)
+        self.app.router.add_post("/control", self._control)
+        self.reset()
+
+    def reset(self) -> None:
+        self.requests = 0
+        self.generating = 0
+        self.queued = 0
+        self.queued_max = 0
+        self.generations = 0
+        self.statuses: Counter[int] = Counter()
+        self.last_request: object = None
+        self.last_content_type: str | None = None
+        self.last_authorization: str | None = None
+
+    def set(self, **changes: Any) -> None:
+        """Change switches by name; unknown names raise ``TypeError``."""
+        if changes.pop("reset", False):
+            self.reset()
+        self.switches = dataclasses.replace(self.switches, **changes)
+        if "fail_first_n" in changes:
+            self._fail_remaining = self.switches.fail_first_n
+
+    def stats(self) -> dict[str, object]:
+        return {
+            "requests": self.requests,
+            "generating": self.generating,
+            "generations": self.generations,
+            "queued": self.queued,
+            "queued_max": self.queued_max,
+            "statuses": {str(status): n for status, n in sorted(self.statuses.items())},
+            "last_request": self.last_request,
+            "last_content_type": self.last_content_type,
+            "last_authorization": self.last_authorization,
+            "switches": dataclasses.asdict(self.switches),
+        }
+
+    async def _stats(self, request: web.Request) -> web.Response:
+        return web.json_response(self.stats())
+
+    async def _control(self, request: web.Request) -> web.Response:
+        try:
+            changes = await request.json()
+            if not isinstance(changes, dict):
+                raise TypeError("the body must be a JSON object of switches")
+            self.set(**changes)
+        except (ValueError, TypeError) as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        return web.json_response(self.stats())
+
+    def _error(self, status: int, message: object, **headers: str) -> web.Response:
+        if self.switches.hosted_errors:
+            body: object = {"message": message, "status": status}
+        else:
+            body = {"statusCode": status, "message": message, "error": HTTPStatus(status).phrase}
+        return web.json_response(body, status=status, headers=headers)
+
+    def _unauthorized(self, request: web.Request) -> web.Response | None:
+        key = self.switches.api_key
+        if key and request.headers.get("Authorization") != f"Bearer {key}":
+            return self._error(401, "Invalid token")
+        return None
+
+    async def _health(self, request: web.Request) -> web.Response:
+        refused = self._unauthorized(request)
+        if refused is not None:
+            return refused
+        async with self._lock:  # the real server's event loop is busy while it generates
+            pass
+        return web.json_response({"status": "ok"})
+
+    async def _tts(self, request: web.Request) -> web.StreamResponse:
+        self.requests += 1
+        response = await self._answer(request)
+        self.statuses[response.status] += 1
+        return response
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
+        self.last_authorization = request.headers.get("Authorization")
+        refused = self._unauthorized(request)
+        if refused is not None:
+            return refused
+        self.last_content_type = request.content_type
+        body = await self._body(request)
+        if isinstance(body, web.Response):
+            return body
+        self.last_request = _recorded(body)
+        errors = validate(body)
+        if errors:
+            return web.json_response(errors, status=422)
+        return await self._generate(request, body, self.switches)
+
+    async def _body(self, request: web.Request) -> dict[str, Any] | web.Response:
+        """The decoded body, or the answer for one that cannot be read."""
+        try:
+            if request.content_type == "application/json":
+                decoded: object = json.loads(await request.read())
+            elif request.content_type == "application/msgpack":
+                decoded = msgpack.unpackb(await request.read(), raw=False)
+            elif request.content_type == "multipart/form-data":
+                decoded = {key: value for key, value in (await request.post()).items()}
+            else:
+                accept = "application/msgpack, application/json, multipart/form-data"
+                return self._error(415, None, Accept=accept)
+        except ValueError as exc:
+            return self._error(400, f"cannot decode the body: {exc}")
+        if not isinstance(decoded, dict):
+            return web.json_response(
+                [{"type": "model_type", "loc": [], "msg": "Input should be an object"}],
+                status=422,
+            )
+        return decoded
+
+    async def _generate(
+        self, request: web.Request, body: dict[str, Any], switches: Switches
+    ) -> web.StreamResponse:
+        text: str = body["text"]
+        if switches.max_text_length > 0 and len(text) > switches.max_text_length:
+            return self._error(400, f"Text is too long, max length is {switches.max_text_length}")
+        fmt = body.get("format", "wav")
+        if body.get("streaming") and fmt != "wav":
+            return self._error(400, "Streaming only supports WAV format")
+        if fmt not in PRODUCED:
+            return self._error(400, f"this fake produces {'/'.join(PRODUCED)}, not {fmt!r}")
+        failure = self._failure(switches)
+        if failure is not None:
+            return failure
+        audio_ms = len(text) * switches.ms_per_char
+        await self._hold_lock(_delay(switches, audio_ms) / 1000)
+        if switches.max_prompt_chars is not None and len(text) > switches.max_prompt_chars:
+            return self._error(
+                500, f"Prompt is too long: {len(text)} > {switches.max_prompt_chars}"
+            )
+        return await self._audio(request, body, switches, audio_ms)
+
+    async def _hold_lock(self, seconds: float) -> None:
+        """Wait for the one generation slot, then hold it for ``seconds``."""
+        waits = self._lock.locked()
+        self.queued += waits
+        self.queued_max = max(self.queued_max, self.queued)
+        try:
+            await self._lock.acquire()
+        finally:
+            self.queued -= waits
+        self.generating += 1
+        try:
+            await asyncio.sleep(seconds)
+            self.generations += 1
+        finally:
+            self.generating -= 1
+            self._lock.release()
+
+    def _failure(self, switches: Switches) -> web.Response | None:
+        """The switched-on failure for this request, if any."""
+        headers = {"Retry-After": switches.retry_after} if switches.retry_after else {}
+        if switches.fail_status is not None:
+            message = switches.fail_message or f"fake failure {switches.fail_status}"
+            return self._error(switches.fail_status, message, **headers)
+        if self._fail_remaining > 0:
+            self._fail_remaining -= 1
+            return self._error(500, GENERATION_FAILED, **headers)
+        limit = switches.queue_limit
+        if limit is not None and self._lock.locked() and self.queued >= limit:
+            return self._error(500, GENERATION_FAILED, **headers)
+        return None
+
+    async def _audio(
+        self, request: web.Request, body: dict[str, Any], switches: Switches, audio_ms: float
+    ) -> web.StreamResponse:
+        fmt = body.get("format", "wav")
+        content_type = "audio/wav" if fmt == "wav" else "application/octet-stream"
+        if switches.empty_body:
+            return web.Response(body=b"", content_type=content_type)
+        if switches.corrupt:
+            return web.Response(body=b"<html>upstream error</html>", content_type=content_type)
+        pcm = tone(audio_ms)
+        # streaming=true: headerless 16-bit PCM, as the real server streams it.
+        audio = wav_bytes(pcm) if fmt == "wav" and not body.get("streaming") else pcm
+        headers = {"Content-Disposition": f"attachment; filename=audio.{fmt}"}
+        if not switches.truncate:
+            return web.Response(body=audio, content_type=content_type, headers=headers)
+        response = web.StreamResponse(headers={"Content-Type": content_type, **headers})
+        response.content_length = len(audio)
+        await response.prepare(request)
+        await response.write(audio[: len(audio) // 2])
+        if request.transport is not None:
+            request.transport.close()
+        return response
+
+
+def validate(body: dict[str, Any]) -> list[dict[str, object]]:
+    """``ServeTTSRequest``'s checks, as pydantic errors (an empty list when the body is valid)."""
+    errors: list[dict[str, object]] = []
+
+    def error(field: str, kind: str, msg: str) -> None:
+        errors.append(
+            {"type": kind, "loc": [field], "msg": msg, "input": _shown(body[field]), "in": "body"}
+        )
+
+    if not isinstance(body.get("text"), str):
+        errors.append({"type": "missing", "loc": ["text"], "msg": "Field required", "in": "body"})
+    for field, (low, high) in FLOAT_RANGES.items():
+        value = body.get(field)
+        if field not in body:
+            continue
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            error(field, "float_type", "Input should be a valid number")
+        elif not low <= value <= high:
+            error(field, "less_than_equal", f"Input should be between {low} and {high}")
+    for field, (low, high) in INT_RANGES.items():
+        value = body.get(field)
+        if field not in body:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool):
+            error(field, "int_type", "Input should be a valid integer")
+        elif not low <= value <= high:
+            error(field, "less_than_equal", f"Input should be between {low} and {high}")
+    for field in ("max_new_tokens", "seed"):
+        value = body.get(field)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            error(field, "int_type", "Input should be a valid integer")
+    for field, choices in CHOICES.items():
+        if field in body and body[field] not in choices:
+            error(field, "literal_error", f"Input should be {' or '.join(map(repr, choices))}")
+    for field in BOOLS:
+        if field in body and not isinstance(body[field], bool):
+            error(field, "bool_type", "Input should be a valid boolean")
+    if body.get("reference_id") is not None and not isinstance(body["reference_id"], str):
+        error("reference_id", "string_type", "Input should be a valid string")
+    errors.extend(_reference_errors(body.get("references", [])))
+    return errors
+
+
+def _reference_errors(references: object) -> list[dict[str, object]]:
+    if not isinstance(references, list):
+        return [{"type": "list_type", "loc": ["references"], "msg": "Input should be a valid list"}]
+    errors: list[dict[str, object]] = []
+    for index, item in enumerate(references):
+        if not isinstance(item, dict):
+            errors.append(
+                {
+                    "type": "model_type",
+                    "loc": ["references", index],
+                    "msg": "Input should be an object",
+                }
+            )
+            continue
+        if not isinstance(item.get("audio"), bytes | str):
+            errors.append(
+                {"type": "missing", "loc": ["references", index, "audio"], "msg": "Field required"}
+            )
+        if not isinstance(item.get("text"), str):
+            errors.append(
+                {"type": "missing", "loc": ["references", index, "text"], "msg": "Field required"}
+            )
+    return errors
+
+
+def _shown(value: object) -> object:
+    return (
+        value if isinstance(value, str | int | float | bool) or value is None else repr(value)[:40]
+    )
+
+
+def _recorded(body: dict[str, Any]) -> dict[str, Any]:
+    """The body as JSON can show it: reference audio as its size and hash."""
+    shown = dict(body)
+    references = shown.get("references")
+    if isinstance(references, list):
+        shown["references"] = [_recorded_reference(item) for item in references]
+    return shown
+
+
+def _recorded_reference(item: object) -> object:
+    if not isinstance(item, dict):
+        return item
+    audio = item.get("audio")
+    if isinstance(audio, str) and len(audio) > 255:  # JSON carries it as base64, as Fish decodes
+        with contextlib.suppress(ValueError):
+            audio = base64.b64decode(audio)
+    if isinstance(audio, bytes):
+        return {**item, "audio": {"bytes": len(audio), "sha256": hashlib.sha256(audio).hexdigest()}}
+    return item
+
+
+def _delay(switches: Switches, audio_ms: float) -> float:
+    jitter = random.uniform(-switches.jitter_ms, switches.jitter_ms) if switches.jitter_ms else 0
+    return max(0.0, switches.latency_ms + jitter + switches.rtf * audio_ms)
+
+
+@dataclasses.dataclass(frozen=True)
+class FakeHandle:
+    """A fake running in this process."""
+
+    url: str
+    server: FakeFishServer
+
+    def stats(self) -> dict[str, object]:
+        return self.server.stats()
+
+    def set(self, **switches: Any) -> None:
+        self.server.set(**switches)
+
+
+@contextlib.asynccontextmanager
+async def serve(app: web.Application, port: int = 0) -> AsyncIterator[int]:
+    """Serve ``app`` on 127.0.0.1 (port 0: any free one); yields the bound port."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    # A client that gives up cancels its handler (and frees its place in the queue).
+    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=1.0)
+    await runner.setup()
+    try:
+        await web.SockSite(runner, sock).start()
+        yield sock.getsockname()[1]
+    finally:
+        await runner.cleanup()
+        sock.close()
+
+
+@contextlib.asynccontextmanager
+async def running_fake(**switches: Any) -> AsyncIterator[FakeHandle]:
+    """A fake on a free port of 127.0.0.1 for the duration of the block."""
+    server = FakeFishServer(Switches(**switches))
+    async with serve(server.app) as port:
+        yield FakeHandle(f"http://127.0.0.1:{port}", server)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[int, Switches]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--latency-ms", type=float, default=0.0)
+    parser.add_argument("--jitter-ms", type=float, default=0.0)
+    parser.add_argument("--rtf", type=float, default=0.0)
+    parser.add_argument("--ms-per-char", type=float, default=60.0)
+    parser.add_argument("--queue-limit", type=int, default=None)
+    parser.add_argument("--fail-first-n", type=int, default=0)
+    parser.add_argument("--fail-status", type=int, default=None)
+    parser.add_argument("--fail-message", default=None)
+    parser.add_argument("--retry-after", default=None)
+    parser.add_argument("--hosted-errors", action="store_true")
+    parser.add_argument("--max-text-length", type=int, default=0)
+    parser.add_argument("--max-prompt-chars", type=int, default=None)
+    parser.add_argument("--api-key", default=None)
+    parser.add_argument("--truncate", action="store_true")
+    parser.add_argument("--empty-body", action="store_true")
+    parser.add_argument("--corrupt", action="store_true")
+    args = vars(parser.parse_args(argv))
+    port = args.pop("port")
+    return port, Switches(**args)
+
+
+async def _main(port: int, switches: Switches) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    async with serve(FakeFishServer(switches).app, port) as bound:
+        print(f"LISTENING {bound}", flush=True)
+        await stop.wait()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    port, switches = parse_args(argv)
+    asyncio.run(_main(port, switches))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
