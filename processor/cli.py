@@ -85,7 +85,7 @@ run_options = _options(
         "--backend",
         envvar="VOXLINE_BACKEND",
         default="espeak",
-        type=click.Choice(["espeak", "openai"]),
+        type=click.Choice(["espeak", "openai", "cosyvoice", "fish", "qwen"]),
         help="The TTS backend.",
     ),
     _opt(
@@ -107,6 +107,45 @@ run_options = _options(
         default=8,
         type=click.IntRange(1, 4096),
         help="Records processed concurrently (the window).",
+    ),
+    _opt(
+        "--adaptive/--static",
+        envvar="VOXLINE_ADAPTIVE",
+        default=False,
+        help="Let each backend's window find the backend's capacity (between 1 and "
+        "--max-in-flight) instead of keeping it fixed.",
+    ),
+    _opt(
+        "--max-records",
+        envvar="VOXLINE_MAX_RECORDS",
+        default=0,
+        type=click.IntRange(0),
+        help="Records the consumer holds at once; 0 means 4x the sum of the backends' "
+        "windows (at least 64).",
+    ),
+    _opt(
+        "--max-uncommitted",
+        envvar="VOXLINE_MAX_UNCOMMITTED",
+        default=1000,
+        type=click.IntRange(1),
+        help="Records of one partition read but not yet committed before that partition "
+        "pauses: bounds the work a crash redoes.",
+    ),
+    _opt(
+        "--reference-buckets",
+        envvar="VOXLINE_REFERENCE_BUCKETS",
+        default="",
+        help="Comma-separated buckets that voice.reference.audio_uri may name (clone "
+        "prompts); any other is invalid_input.",
+    ),
+    _opt(
+        "--config",
+        "config_path",
+        envvar="VOXLINE_CONFIG",
+        default=None,
+        type=click.Path(exists=True, dir_okay=False),
+        help="TOML file declaring several named backends, each with its own window and "
+        "limits (overrides --backend/--backend-url).",
     ),
     _opt(
         "--max-text-chars",
@@ -135,6 +174,19 @@ run_options = _options(
         default=20.0,
         type=click.FloatRange(0),
         help="Seconds in-flight work gets to finish on shutdown or when partitions are revoked.",
+    ),
+    _opt(
+        "--http-port",
+        envvar="VOXLINE_HTTP_PORT",
+        default=9400,
+        type=click.IntRange(-1, 65535),
+        help="Port for /healthz, /readyz and /metrics (Prometheus); -1 turns it off.",
+    ),
+    _opt(
+        "--http-host",
+        envvar="VOXLINE_HTTP_HOST",
+        default="127.0.0.1",
+        help="Address the HTTP endpoint binds (0.0.0.0 in a container).",
     ),
     _opt(
         "--topic-partitions",
@@ -169,8 +221,17 @@ def _settings(**kw: Any) -> Settings:
         backend_url=kw.get("backend_url"),
         backend_api_key=kw.get("backend_api_key"),
         max_in_flight=kw.get("max_in_flight", 8),
+        adaptive=kw.get("adaptive", False),
+        max_records=kw.get("max_records", 0),
+        max_uncommitted=kw.get("max_uncommitted", 1000),
+        reference_buckets=frozenset(
+            b.strip() for b in kw.get("reference_buckets", "").split(",") if b.strip()
+        ),
+        config_path=kw.get("config_path"),
         max_text_chars=kw.get("max_text_chars", 20_000),
         drain_timeout_s=kw.get("drain_timeout", 20.0),
+        http_host=kw.get("http_host", "127.0.0.1"),
+        http_port=None if kw.get("http_port", -1) < 0 else kw["http_port"],
     )
 
 
@@ -205,7 +266,7 @@ def run(**kw: Any) -> None:
     settings = _settings(**kw)
     try:
         asyncio.run(serve(settings, install_signals=True))
-    except ValueError as exc:  # configuration errors from the composition root
+    except ValueError as exc:  # ConfigError and other configuration errors
         raise click.ClickException(str(exc)) from exc
 
 

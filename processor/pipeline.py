@@ -17,7 +17,9 @@ from typing import TypeVar
 import stamina
 import structlog
 
-from processor.backends.base import CONTENT_TYPES, Audio, Backend
+from processor.audio import join_wavs, wav_info
+from processor.backends.base import CONTENT_TYPES, Audio
+from processor.chunking import split_text
 from processor.classify import clamp_backoff
 from processor.errors import (
     Expired,
@@ -42,10 +44,15 @@ from processor.events import (
     failed_body,
     succeeded_body,
 )
+from processor.observability import Metrics
 from processor.publisher import EventSink
 from processor.request import Request, best_effort_request_id, parse_request
+from processor.routes import Route
 from processor.settings import Settings
 from processor.store import AudioStore, object_key
+from processor.transcode import transcode
+
+Logger = structlog.typing.FilteringBoundLogger
 
 T = TypeVar("T")
 log = structlog.get_logger("voxline.pipeline")
@@ -73,25 +80,50 @@ def _ms(seconds: float) -> int:
 
 
 class _Outcome(Exception):
-    """Carries a routed failure and the backend attempts made so far."""
+    """Carries a routed failure out of the stages to ``handle``."""
 
-    def __init__(self, error: VoxlineError, attempts: int, first_failed_at: dt.datetime) -> None:
+    def __init__(self, error: VoxlineError) -> None:
         super().__init__(error.message)
         self.error = error
-        self.attempts = attempts
-        self.first_failed_at = first_failed_at
+
+
+def _check_deadline(request: Request) -> None:
+    if request.deadline is not None and request.deadline <= _now():
+        raise _Outcome(
+            Expired(
+                f"deadline {request.deadline.isoformat()} passed before synthesis",
+                stage=Stage.SYNTHESIZE,
+                error_type="deadline_passed",
+            )
+        )
+
+
+@dataclasses.dataclass(slots=True)
+class _Tally:
+    """Backend calls made for one record, across its chunks and holds."""
+
+    attempts: int = 0
+    first_failed_at: dt.datetime | None = None
+
+    def failed(self) -> dt.datetime:
+        self.first_failed_at = self.first_failed_at or _now()
+        return self.first_failed_at
 
 
 class Pipeline:
     def __init__(
         self,
         settings: Settings,
-        backends: Mapping[str, Backend],
+        routes: Mapping[str, Route],
+        default_route: str,
         store: AudioStore,
         sink: EventSink,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
-        self.backends = backends
+        self.metrics = metrics or Metrics()
+        self.routes = routes
+        self.default_route = default_route
         self.store = store
         self.sink = sink
 
@@ -101,6 +133,7 @@ class Pipeline:
         rlog = log.bind(topic=record.topic, partition=record.partition, offset=record.offset)
         try:
             request = parse_request(record.value, max_text_chars=self.settings.max_text_chars)
+            self.metrics.observe_stage("decode", time.monotonic() - started)
         except InvalidInput as exc:
             request_id = best_effort_request_id(record.value) or _fallback_subject(record)
             await self._fail(
@@ -108,8 +141,10 @@ class Pipeline:
             )
             return "failed"
         rlog = rlog.bind(request_id=request.request_id)
+        tally = _Tally()
         try:
-            audio, attempts, synth_s = await self._synthesize(request, record, rlog)
+            route = self._route(request)
+            audio, chunks, synth_s = await self._synthesize(route, request, tally, rlog)
             stored, store_s = await self._store(request, audio, rlog)
         except _Outcome as out:
             await self._fail(
@@ -117,8 +152,8 @@ class Pipeline:
                 request.request_id,
                 request.metadata,
                 out.error,
-                out.attempts,
-                out.first_failed_at,
+                tally.attempts,
+                tally.first_failed_at or _now(),
                 rlog,
             )
             return "failed"
@@ -127,120 +162,176 @@ class Pipeline:
         body = succeeded_body(
             request.request_id,
             stored,
-            backend=self._backend_name(request),
-            attempts=attempts,
-            chunks=1,
+            backend=route.name,
+            attempts=tally.attempts,
+            chunks=chunks,
             timings=Timings(_ms(queued_s), _ms(synth_s), _ms(store_s), _ms(total_s)),
             metadata=request.metadata,
         )
+        t_pub = time.monotonic()
         await self._publish_event(request.request_id, SUCCEEDED_TYPE, "succeeded", body, rlog)
+        self.metrics.observe_stage("synthesize", synth_s)
+        self.metrics.observe_stage("store", store_s)
+        self.metrics.observe_stage("publish", time.monotonic() - t_pub)
+        self.metrics.observe_stage("total", time.monotonic() - started)
+        self.metrics.succeeded(route.name, chunks)
         rlog.info(
             "succeeded",
             stage="publish",
-            attempt=attempts,
+            attempt=tally.attempts,
             uri=stored.uri,
             duration_ms=stored.duration_ms,
+            chunks=chunks,
         )
         return "succeeded"
 
     # -- synthesize -------------------------------------------------------------------------
 
-    def _backend_name(self, request: Request) -> str:
-        return request.backend or self.settings.backend
-
-    async def _synthesize(
-        self, request: Request, record: Record, rlog: structlog.typing.FilteringBoundLogger
-    ) -> tuple[Audio, int, float]:
-        name = self._backend_name(request)
-        first_failed: dt.datetime | None = None
-        attempts = 0
-        backend = self.backends.get(name)
-        if backend is None:
-            known = ", ".join(sorted(self.backends))
+    def _route(self, request: Request) -> Route:
+        name = request.backend or self.default_route
+        route = self.routes.get(name)
+        if route is None:
+            known = ", ".join(sorted(self.routes))
             raise _Outcome(
                 InvalidInput(
                     f"$.backend: no backend named {name!r} (configured: {known})",
                     stage=Stage.VALIDATE,
                     error_type="unknown_backend",
-                ),
-                0,
-                _now(),
+                )
             )
-        if request.deadline is not None and request.deadline <= _now():
-            raise _Outcome(
-                Expired(
-                    f"deadline {request.deadline.isoformat()} passed before synthesis",
-                    stage=Stage.SYNTHESIZE,
-                    error_type="deadline_passed",
-                ),
-                0,
-                _now(),
-            )
+        return route
+
+    async def _synthesize(
+        self, route: Route, request: Request, tally: _Tally, rlog: Logger
+    ) -> tuple[Audio, int, float]:
+        """All chunks through the backend's gate, joined in order, in the requested format."""
+        _check_deadline(request)
+        t0 = time.monotonic()
+        # Backends speak WAV at their own rate; format and rate are the pipeline's job.
+        base = dataclasses.replace(request, format="wav", sample_rate=None)
+        texts = split_text(request.text, route.config.text_limit)
+        calls = [
+            asyncio.create_task(self._chunk(route, dataclasses.replace(base, text=t), tally, rlog))
+            for t in texts
+        ]
+        try:
+            await asyncio.wait(calls, return_when=asyncio.FIRST_EXCEPTION)
+        finally:
+            for call in calls:
+                call.cancel()
+            await asyncio.gather(*calls, return_exceptions=True)
+        for call in calls:  # the first real failure, not the siblings we cancelled for it
+            failure = None if call.cancelled() else call.exception()
+            if failure is not None:
+                raise failure
+        parts = [call.result() for call in calls]
+        wav = parts[0].data if len(parts) == 1 else join_wavs([p.data for p in parts])
+        try:
+            audio = await self._finish_audio(wav, request, rlog)
+        except Permanent as exc:
+            raise _Outcome(exc) from exc
+        return audio, len(parts), time.monotonic() - t0
+
+    async def _finish_audio(self, wav: bytes, request: Request, rlog: Logger) -> Audio:
+        info = wav_info(wav)
+        if request.format == "wav" and request.sample_rate in (None, info.sample_rate):
+            return Audio(wav, "wav", info.sample_rate, info.channels, info.duration_ms)
+        return await self._until_done(
+            lambda: transcode(wav, request.format, sample_rate=request.sample_rate), rlog
+        )
+
+    async def _chunk(self, route: Route, request: Request, tally: _Tally, rlog: Logger) -> Audio:
+        """One chunk: retried on transient errors, held while the backend is down."""
         retry = self.settings.retry
-        budget_end = time.monotonic() + retry.timeout_s
+        gate = route.gate
 
         def backoff(exc: Exception) -> bool | float:
-            if not isinstance(exc, Transient):
-                return False
+            if not isinstance(exc, Transient) or gate.is_open:
+                return False  # an open breaker turns retrying into holding (below)
             if exc.retry_after is None:
                 return True
             return clamp_backoff(exc.retry_after, 0.0, budget_end - time.monotonic())
 
-        t0 = time.monotonic()
         while True:
+            budget_end = time.monotonic() + route.config.retry_timeout_s
             try:
                 async for attempt in stamina.retry_context(
                     on=backoff,
-                    attempts=retry.attempts,
-                    timeout=retry.timeout_s,
+                    attempts=route.config.retry_attempts,
+                    timeout=route.config.retry_timeout_s,
                     wait_initial=retry.wait_initial_s,
                     wait_max=retry.wait_max_s,
                 ):
                     with attempt:
-                        attempts += 1
-                        try:
-                            audio = await backend.synthesize(request)
-                        except VoxlineError as exc:
-                            first_failed = first_failed or _now()
-                            rlog.warning(
-                                "backend call failed",
-                                stage="synthesize",
-                                attempt=attempts,
-                                error_type=exc.error_type,
-                                error=exc.message,
-                                http_status=exc.http_status,
-                            )
-                            raise
-                        return audio, attempts, time.monotonic() - t0
+                        return await self._call(route, request, tally, rlog)
             except Systemic as exc:
-                await self._wait_systemic(exc, attempts, rlog)
+                await self._hold(exc, request, tally, rlog)
             except Transient as exc:
-                exhausted = Transient(
-                    f"gave up after {attempts} attempts: {exc.message}",
-                    stage=exc.stage,
-                    http_status=exc.http_status,
-                    error_type=exc.error_type,
-                )
-                raise _Outcome(exhausted, attempts, first_failed or _now()) from exc
+                if gate.is_open:
+                    await self._hold(exc, request, tally, rlog)
+                    continue
+                raise _Outcome(
+                    Transient(
+                        f"gave up after {tally.attempts} attempts: {exc.message}",
+                        stage=exc.stage,
+                        http_status=exc.http_status,
+                        error_type=exc.error_type,
+                    )
+                ) from exc
             except Permanent as exc:
-                raise _Outcome(exc, attempts, first_failed or _now()) from exc
-            except VoxlineError as exc:  # pragma: no cover - every subclass is routed above
-                raise _Outcome(Permanent(exc.message, stage=exc.stage), attempts, _now()) from exc
+                raise _Outcome(exc) from exc
+
+    async def _call(self, route: Route, request: Request, tally: _Tally, rlog: Logger) -> Audio:
+        async with route.gate.call(work=len(request.text)):
+            tally.attempts += 1
+            try:
+                return await route.backend.synthesize(request)
+            except VoxlineError as exc:
+                tally.failed()
+                self.metrics.retry(route.name, exc.error_type)
+                rlog.warning(
+                    "backend call failed",
+                    stage="synthesize",
+                    attempt=tally.attempts,
+                    backend=route.name,
+                    error_type=exc.error_type,
+                    error=exc.message,
+                    http_status=exc.http_status,
+                )
+                raise
+            except (asyncio.CancelledError, KeyboardInterrupt):
+                raise
             except Exception as exc:
                 # A bug in an adapter must not wedge the partition: dead-letter this record.
-                rlog.exception("unexpected backend error", stage="synthesize", attempt=attempts)
+                rlog.exception(
+                    "unexpected backend error", stage="synthesize", attempt=tally.attempts
+                )
+                tally.failed()
                 raise _Outcome(
                     Permanent(
                         f"internal error: {type(exc).__name__}: {exc}",
                         stage=Stage.SYNTHESIZE,
                         error_type="internal_error",
-                    ),
-                    attempts,
-                    first_failed or _now(),
+                    )
                 ) from exc
 
+    async def _hold(self, exc: VoxlineError, request: Request, tally: _Tally, rlog: Logger) -> None:
+        """The backend is down for everyone: wait (the gate admits again when its breaker's
+        probe succeeds), unless the request's own deadline passes meanwhile."""
+        tally.failed()
+        _check_deadline(request)
+        rlog.warning(
+            "backend unavailable; holding record",
+            stage=exc.stage.value,
+            error_type=exc.error_type,
+            error=exc.message,
+            attempt=tally.attempts,
+        )
+        # The gate does the real waiting (for the breaker's probe); this only paces the loop.
+        await asyncio.sleep(0.2)
+
     async def _wait_systemic(
-        self, exc: Systemic, attempt: int, rlog: structlog.typing.FilteringBoundLogger
+        self, exc: VoxlineError, attempt: int, rlog: structlog.typing.FilteringBoundLogger
     ) -> None:
         """A dependency is down for everyone: hold the record (it is not its fault)."""
         wait = min(self.settings.retry.systemic_wait_max_s, 1.0 + attempt)
@@ -284,7 +375,7 @@ class Pipeline:
                 rlog,
             )
         except Permanent as exc:
-            raise _Outcome(exc, 1, _now()) from exc
+            raise _Outcome(exc) from exc
         stored = StoredAudio(
             uri=uri,
             bytes=len(audio.data),
@@ -363,6 +454,7 @@ class Pipeline:
             metadata=metadata,
         )
         await self._publish_event(request_id, FAILED_TYPE, "failed", body, rlog)
+        self.metrics.dead_lettered(reason.value, error.stage.value)
         rlog.warning(
             "dead-lettered",
             stage=error.stage.value,

@@ -13,6 +13,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
+from processor.observability import Health, Metrics
 from processor.offsets import OffsetTracker
 from processor.pipeline import Pipeline, Record
 from processor.settings import Settings
@@ -47,15 +48,25 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 class Runner:
     """Owns the consumer. ``run`` returns after a clean drain once ``stop`` is called."""
 
-    def __init__(self, settings: Settings, pipeline: Pipeline) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        pipeline: Pipeline,
+        *,
+        window: int,
+        metrics: Metrics | None = None,
+        health: Health | None = None,
+    ) -> None:
         self.settings = settings
         self.pipeline = pipeline
-        self.window = settings.max_in_flight
+        self.metrics = metrics or Metrics()
+        self.health = health or Health(time.monotonic())
+        #: Records held at once (backend calls are bounded per backend by their gates).
+        self.window = window
         self.tracker: OffsetTracker = OffsetTracker()
         self.tasks: dict[asyncio.Task[None], tuple[TopicPartition, int]] = {}
         self._slot_freed = asyncio.Event()
         self._stopping = asyncio.Event()
-        self._paused = False
         self.counts = {"succeeded": 0, "failed": 0}
         k = settings.kafka
         self.consumer = AIOKafkaConsumer(
@@ -74,6 +85,7 @@ class Runner:
 
     def stop(self) -> None:
         """Ask the loop to stop fetching, drain and exit (signal-handler safe)."""
+        self.health.set_draining()
         self._stopping.set()
 
     @property
@@ -98,16 +110,19 @@ class Runner:
     async def _loop(self) -> None:
         last_commit = time.monotonic()
         while not self._stopping.is_set():
+            now = time.monotonic()
+            self.health.tick(now)
+            self.health.assigned(len(self.consumer.assignment()), now)
+            self.metrics.records_in_flight(len(self.tasks))
             self._slot_freed.clear()
             free = self.window - len(self.tasks)
+            self._pause(everything=free <= 0)
             if free <= 0:
-                self._set_paused(True)
                 # Keep polling so the group sees us alive; paused partitions return nothing.
                 await self.consumer.getmany(timeout_ms=0)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._slot_freed.wait(), timeout=0.2)
             else:
-                self._set_paused(False)
                 batch = await self.consumer.getmany(timeout_ms=200, max_records=free)
                 for tp, messages in batch.items():
                     for msg in messages:
@@ -115,17 +130,26 @@ class Runner:
             if time.monotonic() - last_commit >= self.settings.commit_interval_s:
                 await self._commit()
                 last_commit = time.monotonic()
-        self._set_paused(True)
+        self._pause(everything=True)
 
-    def _set_paused(self, paused: bool) -> None:
+    def _pause(self, *, everything: bool) -> None:
+        """Pause all partitions when the window is full, else those whose uncommitted gap
+        reached the cap (it bounds what a crash makes us redo); resume the rest."""
         assigned = self.consumer.assignment()
-        if paused:
-            self.consumer.pause(*assigned)
-        elif self._paused:
-            self.consumer.resume(*assigned)
-        self._paused = paused
+        cap = self.settings.max_uncommitted
+        wanted = (
+            set(assigned)
+            if everything
+            else {tp for tp in assigned if self.tracker.pending_gap(tp) >= cap}
+        )
+        paused = self.consumer.paused()
+        if wanted - paused:
+            self.consumer.pause(*(wanted - paused))
+        if (paused & assigned) - wanted:
+            self.consumer.resume(*((paused & assigned) - wanted))
 
     def _dispatch(self, tp: TopicPartition, record: Record) -> None:
+        self.metrics.record_in(tp.topic)
         self.tracker.start(tp, record.offset)
         task = asyncio.create_task(self._process(tp, record), name=f"{tp}@{record.offset}")
         self.tasks[task] = (tp, record.offset)
@@ -164,6 +188,11 @@ class Runner:
             log.warning("commit failed; will retry", error=str(exc), error_type=type(exc).__name__)
             return
         self.tracker.mark_committed(offsets)
+        for key, offset in offsets.items():
+            tp: TopicPartition = key  # the tracker's keys are the TopicPartitions we gave it
+            high = self.consumer.highwater(tp)
+            if high is not None:
+                self.metrics.lag(tp.topic, tp.partition, max(0, high - offset))
         log.debug("committed", offsets={str(tp): off for tp, off in offsets.items()})
 
     async def _drain(self, tasks: list[asyncio.Task[None]]) -> None:
@@ -194,4 +223,5 @@ class Runner:
         await self._cancel([t for t in mine if not t.done()])
         for tp in revoked:
             self.tracker.drop(tp)
+            self.metrics.forget_partition(tp.topic, tp.partition)
         log.info("partitions revoked", partitions=sorted(str(tp) for tp in revoked))

@@ -49,11 +49,26 @@ class Settings:
     backend: str = "espeak"
     backend_url: str | None = None
     backend_api_key: str | None = dataclasses.field(default=None, repr=False)
+    #: Concurrent calls per backend (the window); the adaptive window's ceiling.
     max_in_flight: int = 8
+    #: Let each backend's window find its capacity between 1 and ``max_in_flight``.
+    adaptive: bool = False
+    #: Records the consumer holds at once; 0: 4x the sum of the backends' windows (min 64).
+    max_records: int = 0
+    #: Records of one partition started but not yet committed before it is paused: bounds
+    #: what a crash makes us redo when one slow record holds the commit back.
+    max_uncommitted: int = 1000
+    #: Buckets reference audio (voice clones) may be read from.
+    reference_buckets: frozenset[str] = frozenset()
+    #: A TOML file declaring several named backends (``processor.config``).
+    config_path: str | None = None
     max_text_chars: int = 20_000
     #: Seconds to let in-flight work finish on SIGTERM or when partitions are revoked.
     drain_timeout_s: float = 20.0
     commit_interval_s: float = 0.5
+    #: Where /healthz, /readyz and /metrics are served; None: not served.
+    http_host: str = "127.0.0.1"
+    http_port: int | None = None
 
     @property
     def processor_id(self) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 
-from processor.backends.openai import OpenAIBackend
 from processor.client import read_dead_letters, replay
 from tests.fakes.openai_server import running_fake
 from tests.integration.harness import (
@@ -25,14 +24,14 @@ pytestmark = pytest.mark.integration
 
 
 async def test_transient_failures_are_retried_until_all_succeed(services: Services) -> None:
-    settings = unique_settings(services, "flaky", backend="openai", max_in_flight=4)
     ids = [f"flaky-{i}" for i in range(10)]
     async with running_fake(fail_first_n=8, latency_ms=5) as fake:
-        backend = OpenAIBackend("openai", fake.url)
-        async with running(settings, {"openai": backend}):
+        settings = unique_settings(
+            services, "flaky", backend="openai", backend_url=fake.url, max_in_flight=4
+        )
+        async with running(settings):
             await produce(settings, [request(rid, "a sentence to speak") for rid in ids])
             events = await wait_for_events(settings, set(ids), timeout=120)
-        await backend.aclose()
         stats = fake.stats()
     bodies = [events[rid][0].json() for rid in ids]
     assert all(b["status"] == "succeeded" for b in bodies), bodies
@@ -42,11 +41,12 @@ async def test_transient_failures_are_retried_until_all_succeed(services: Servic
 
 
 async def test_422_is_dead_lettered_after_one_attempt_then_replayed(services: Services) -> None:
-    settings = unique_settings(services, "reject", backend="openai", max_in_flight=4)
     ids = [f"reject-{i}" for i in range(5)]
     async with running_fake(fail_status=422) as fake:
-        backend = OpenAIBackend("openai", fake.url)
-        async with running(settings, {"openai": backend}):
+        settings = unique_settings(
+            services, "reject", backend="openai", backend_url=fake.url, max_in_flight=4
+        )
+        async with running(settings):
             await produce(settings, [request(rid, "some text") for rid in ids])
             events = await wait_for_events(settings, set(ids), timeout=60)
             assert fake.stats()["requests"] == 5, "a 422 must not be retried"
@@ -76,7 +76,6 @@ async def test_422_is_dead_lettered_after_one_attempt_then_replayed(services: Se
                 return all(len(replayed.get(rid, [])) >= 2 for rid in ids)
 
             await wait_for(both_outcomes, timeout=60, what="the replayed requests' events")
-        await backend.aclose()
     for rid in ids:
         statuses = [m.json()["status"] for m in replayed[rid]]
         assert statuses == ["failed", "succeeded"], statuses

@@ -40,6 +40,7 @@ async def _start(settings: Settings, log: Path) -> asyncio.subprocess.Process:
         "VOXLINE_BACKEND": "espeak",
         "VOXLINE_MAX_IN_FLIGHT": "4",
         "VOXLINE_DRAIN_TIMEOUT": "20",
+        "VOXLINE_HTTP_PORT": "-1",
     }
     with log.open("ab") as out:
         return await asyncio.create_subprocess_exec(

@@ -1,0 +1,234 @@
+"""Named backends from ``VOXLINE_CONFIG`` (TOML), or one backend from the environment.
+
+Example (see the README for one per backend family)::
+
+    default_backend = "cosy"
+
+    [references]
+    allowed_buckets = ["voxline-refs"]
+
+    [backends.cosy]
+    kind = "cosyvoice"
+    url = "http://127.0.0.1:50000"
+    max_in_flight = 12          # the window: concurrent calls to this backend
+    adaptive = true             # find the window between min_in_flight and max_in_flight
+    text_limit = 300            # longer text is split at sentence boundaries
+    timeout_s = 120
+    retry_attempts = 5
+    retry_timeout_s = 120
+    api_key_env = "COSY_KEY"    # the key itself never goes in the file
+    [backends.cosy.options]     # passed to the adapter
+    version = 2
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+KINDS = ("espeak", "openai", "cosyvoice", "fish", "qwen")
+#: Text each family takes in one call before the pipeline splits it.
+DEFAULT_TEXT_LIMITS = {"espeak": 1000, "openai": 4096, "cosyvoice": 300, "fish": 1000, "qwen": 500}
+_BACKEND_KEYS = {
+    "kind",
+    "url",
+    "api_key_env",
+    "text_limit",
+    "timeout_s",
+    "connect_timeout_s",
+    "max_in_flight",
+    "min_in_flight",
+    "initial_in_flight",
+    "adaptive",
+    "retry_attempts",
+    "retry_timeout_s",
+    "options",
+}
+_TOP_KEYS = {"default_backend", "backends", "references", "max_records"}
+_REFERENCE_KEYS = {"allowed_buckets", "max_bytes", "max_duration_s", "min_sample_rate"}
+
+
+class ConfigError(ValueError):
+    """The configuration file or settings are wrong; the message says where."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BackendConfig:
+    name: str
+    kind: str
+    url: str | None = None
+    api_key: str | None = dataclasses.field(default=None, repr=False)
+    text_limit: int = 1000
+    timeout_s: float = 120.0
+    connect_timeout_s: float = 5.0
+    max_in_flight: int = 8
+    min_in_flight: int = 1
+    initial_in_flight: int = 4
+    adaptive: bool = False
+    retry_attempts: int = 5
+    retry_timeout_s: float = 60.0
+    options: Mapping[str, Any] = dataclasses.field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReferenceConfig:
+    allowed_buckets: frozenset[str] = frozenset()
+    max_bytes: int = 10 * 2**20
+    max_duration_s: float = 30.0
+    min_sample_rate: int = 16_000
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BackendsConfig:
+    default: str
+    backends: Mapping[str, BackendConfig]
+    references: ReferenceConfig = ReferenceConfig()
+    #: Records held by the consumer at once; 0: four times the sum of the backends' windows.
+    max_records: int = 0
+
+    @property
+    def record_window(self) -> int:
+        if self.max_records > 0:
+            return self.max_records
+        # Room for records waiting on a busy backend while the others keep their windows full.
+        return max(64, 4 * sum(b.max_in_flight for b in self.backends.values()))
+
+
+def from_environment(
+    *,
+    backend: str,
+    url: str | None,
+    api_key: str | None,
+    max_in_flight: int,
+    retry_attempts: int,
+    retry_timeout_s: float,
+    adaptive: bool = False,
+    max_records: int = 0,
+    reference_buckets: frozenset[str] = frozenset(),
+) -> BackendsConfig:
+    """The single backend ``VOXLINE_BACKEND`` names, when there is no config file."""
+    if backend not in KINDS:
+        raise ConfigError(
+            f"VOXLINE_BACKEND: unknown backend {backend!r} (known: {', '.join(KINDS)})"
+        )
+    if backend != "espeak" and not url:
+        raise ConfigError(f"VOXLINE_BACKEND={backend} needs VOXLINE_BACKEND_URL")
+    cfg = BackendConfig(
+        name=backend,
+        kind=backend,
+        url=url,
+        api_key=api_key,
+        text_limit=DEFAULT_TEXT_LIMITS[backend],
+        max_in_flight=max_in_flight,
+        initial_in_flight=min(4, max_in_flight),
+        adaptive=adaptive,
+        retry_attempts=retry_attempts,
+        retry_timeout_s=retry_timeout_s,
+    )
+    return BackendsConfig(
+        default=backend,
+        backends={backend: cfg},
+        references=ReferenceConfig(allowed_buckets=reference_buckets),
+        max_records=max_records,
+    )
+
+
+def load(path: str | Path, environ: Mapping[str, str] | None = None) -> BackendsConfig:
+    """Read and check a TOML file; every error names the file and the key."""
+    env = os.environ if environ is None else environ
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    return parse(data, env, source=str(path))
+
+
+def parse(
+    data: Mapping[str, Any], env: Mapping[str, str], *, source: str = "config"
+) -> BackendsConfig:
+    _no_unknown(data, _TOP_KEYS, source)
+    tables = data.get("backends")
+    if not isinstance(tables, dict) or not tables:
+        raise ConfigError(f"{source}: [backends.NAME] tables are required (at least one)")
+    backends = {name: _backend(name, table, env, source) for name, table in tables.items()}
+    default = data.get("default_backend", next(iter(backends)))
+    if default not in backends:
+        raise ConfigError(
+            f"{source}: default_backend {default!r} is not one of {', '.join(sorted(backends))}"
+        )
+    refs = data.get("references", {})
+    if not isinstance(refs, dict):
+        raise ConfigError(f"{source}: [references] must be a table")
+    _no_unknown(refs, _REFERENCE_KEYS, f"{source}: [references]")
+    references = ReferenceConfig(
+        allowed_buckets=frozenset(_typed(refs, "allowed_buckets", list, [], source)),
+        max_bytes=_typed(refs, "max_bytes", int, 10 * 2**20, source),
+        max_duration_s=float(_typed(refs, "max_duration_s", (int, float), 30.0, source)),
+        min_sample_rate=_typed(refs, "min_sample_rate", int, 16_000, source),
+    )
+    max_records = _typed(data, "max_records", int, 0, source)
+    return BackendsConfig(default, backends, references, max_records)
+
+
+def _backend(name: str, table: Any, env: Mapping[str, str], source: str) -> BackendConfig:
+    where = f"{source}: [backends.{name}]"
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where} must be a table")
+    _no_unknown(table, _BACKEND_KEYS, where)
+    kind = table.get("kind")
+    if kind not in KINDS:
+        raise ConfigError(f"{where}: kind must be one of {', '.join(KINDS)}, not {kind!r}")
+    url = _typed(table, "url", str, None, where)
+    if kind != "espeak" and not url:
+        raise ConfigError(f"{where}: url is required for kind {kind!r}")
+    key_env = _typed(table, "api_key_env", str, None, where)
+    if key_env is not None and key_env not in env:
+        raise ConfigError(f"{where}: api_key_env names {key_env}, which is not set")
+    max_in = _typed(table, "max_in_flight", int, 8, where)
+    min_in = _typed(table, "min_in_flight", int, 1, where)
+    initial = _typed(table, "initial_in_flight", int, min(4, max_in), where)
+    if not 1 <= min_in <= initial <= max_in:
+        raise ConfigError(f"{where}: need 1 <= min_in_flight <= initial_in_flight <= max_in_flight")
+    options = _typed(table, "options", dict, {}, where)
+    cfg = BackendConfig(
+        name=name,
+        kind=kind,
+        url=url,
+        api_key=env[key_env] if key_env else None,
+        text_limit=_typed(table, "text_limit", int, DEFAULT_TEXT_LIMITS[kind], where),
+        timeout_s=float(_typed(table, "timeout_s", (int, float), 120.0, where)),
+        connect_timeout_s=float(_typed(table, "connect_timeout_s", (int, float), 5.0, where)),
+        max_in_flight=max_in,
+        min_in_flight=min_in,
+        initial_in_flight=initial,
+        adaptive=_typed(table, "adaptive", bool, False, where),
+        retry_attempts=_typed(table, "retry_attempts", int, 5, where),
+        retry_timeout_s=float(_typed(table, "retry_timeout_s", (int, float), 60.0, where)),
+        options=MappingProxyType(dict(options)),
+    )
+    if cfg.text_limit < 1 or cfg.retry_attempts < 1 or cfg.timeout_s <= 0:
+        raise ConfigError(f"{where}: text_limit, retry_attempts and timeout_s must be positive")
+    return cfg
+
+
+def _typed(table: Mapping[str, Any], key: str, kind: Any, default: Any, where: str) -> Any:
+    value = table.get(key, default)
+    if value is default:
+        return value
+    # bool is an int in Python; a number where a bool is wanted (or back) is a mistake.
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise ConfigError(f"{where}: {key} has the wrong type ({type(value).__name__})")
+    return value
+
+
+def _no_unknown(table: Mapping[str, Any], known: set[str], where: str) -> None:
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}")

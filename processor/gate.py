@@ -1,0 +1,158 @@
+"""The admission gate in front of one backend: its window (static or adaptive) and its
+circuit breaker. Thin asyncio around the pure ``limiter`` and ``breaker`` policies.
+
+A slot is held only for the duration of one backend call, so a record sleeping in retry
+backoff holds none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import time
+from collections.abc import AsyncIterator, Callable
+
+import structlog
+
+from processor.breaker import Breaker
+from processor.errors import Systemic, Transient, VoxlineError
+from processor.limiter import Limit, Outcome, Sample
+
+log = structlog.get_logger("voxline.gate")
+
+
+def outcome_of(error: BaseException | None) -> Outcome:
+    """How a call's result reads to the window policy."""
+    if error is None:
+        return "ok"
+    if isinstance(error, asyncio.CancelledError):
+        return "dropped"
+    if isinstance(error, VoxlineError):
+        if error.error_type == "timeout":
+            return "timeout"
+        if error.http_status in (429, 503) or error.retry_after is not None:
+            return "overload"
+        if isinstance(error, Transient | Systemic):
+            return "error"
+        return "ok"  # the server answered; the request was at fault
+    return "error"
+
+
+def is_outage(error: BaseException | None) -> bool:
+    """Failures that say the backend is down for everyone, not busy and not this request's."""
+    if not isinstance(error, VoxlineError):
+        return False
+    if isinstance(error, Systemic):
+        return True
+    if not isinstance(error, Transient) or error.retry_after is not None:
+        return False
+    return error.error_type in ("connect", "timeout") or (error.http_status or 0) >= 500
+
+
+@dataclasses.dataclass(slots=True)
+class Call:
+    """Filled in by the caller: what became of the call."""
+
+    error: BaseException | None = None
+
+
+class Gate:
+    def __init__(
+        self,
+        name: str,
+        limit: Limit,
+        breaker: Breaker | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        on_change: Callable[[Gate], None] = lambda _: None,
+    ) -> None:
+        self.name = name
+        self.window = limit
+        self.breaker = breaker
+        self.in_flight = 0
+        self._clock = clock
+        self._changed = asyncio.Condition()
+        self._on_change = on_change
+
+    @property
+    def limit(self) -> int:
+        return self.window.limit
+
+    @property
+    def is_open(self) -> bool:
+        """True while the breaker keeps new calls away (open, or probing)."""
+        return self.breaker is not None and self.breaker.state != "closed"
+
+    async def _admit(self) -> bool:
+        """Wait for a slot and the breaker's leave; True if this call is a breaker probe."""
+        async with self._changed:
+            while True:
+                now = self._clock()
+                if self.in_flight < self.window.limit:
+                    if self.breaker is None:
+                        break
+                    state = self.breaker.state
+                    if self.breaker.allow(now):
+                        self.in_flight += 1
+                        return state != "closed"
+                    # Poll: the cool-down ends by the clock, not by a notification.
+                    wait = min(0.5, max(0.05, self.breaker.retry_in(now)))
+                else:
+                    wait = 1.0
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), timeout=wait)
+            self.in_flight += 1
+            return False
+
+    @contextlib.asynccontextmanager
+    async def call(self, work: float) -> AsyncIterator[Call]:
+        probe = await self._admit()
+        started = self._clock()
+        in_flight = self.in_flight
+        call = Call()
+        self._on_change(self)
+        try:
+            yield call
+        except BaseException as exc:
+            call.error = call.error or exc
+            raise
+        finally:
+            self.in_flight -= 1
+            self._settle(call.error, started, in_flight, work, probe)
+            self._on_change(self)
+            async with self._changed:
+                self._changed.notify_all()
+
+    def _settle(
+        self, error: BaseException | None, started: float, in_flight: int, work: float, probe: bool
+    ) -> None:
+        now = self._clock()
+        outcome = outcome_of(error)
+        self.window.update(
+            Sample(
+                latency_s=max(0.0, now - started),
+                work=max(1.0, work),
+                outcome=outcome,
+                in_flight=max(1, in_flight),
+                now=now,
+            )
+        )
+        if self.breaker is None:
+            return
+        before = self.breaker.state
+        if outcome == "dropped":
+            if probe:
+                self.breaker.release_probe()
+        elif is_outage(error):
+            self.breaker.record_failure(now, systemic=True)
+        else:
+            self.breaker.record_success(now)
+        after = self.breaker.state
+        if after != before:
+            log.warning(
+                "breaker " + after,
+                backend=self.name,
+                was=before,
+                error=getattr(error, "message", None),
+            )
