@@ -11,9 +11,9 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
-# Python deps, espeak-ng (Debian) and the Kafka jars (Maven Central).
+# Python deps, espeak-ng and ffmpeg (Debian) and the Kafka jars (Maven Central).
 setup: $(VENV)/.installed
-	infra/espeak.sh
+	infra/packages.sh
 	infra/kafka.sh fetch
 
 demo: setup

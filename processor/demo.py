@@ -68,8 +68,8 @@ def _ensure_services(console: Console) -> list[str]:
         raise SystemExit("voxline demo needs a source checkout (infra/ is missing)")
     if shutil.which("espeak-ng") is None:
         console.print("[bold]installing espeak-ng[/bold]")
-        if not _service("espeak", "install"):
-            raise SystemExit("espeak-ng is missing and infra/espeak.sh could not install it")
+        if not _service("packages", "install"):
+            raise SystemExit("espeak-ng is missing and infra/packages.sh could not install it")
     started = []
     for name in ("kafka", "s3"):
         if _service(name, "status"):

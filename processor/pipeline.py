@@ -209,7 +209,8 @@ class Pipeline:
         t0 = time.monotonic()
         # Backends speak WAV at their own rate; format and rate are the pipeline's job.
         base = dataclasses.replace(request, format="wav", sample_rate=None)
-        texts = split_text(request.text, route.config.text_limit)
+        # Whitespace-only pieces carry nothing to speak (validation guarantees some text).
+        texts = [t for t in split_text(request.text, route.config.text_limit) if t.strip()]
         calls = [
             asyncio.create_task(self._chunk(route, dataclasses.replace(base, text=t), tally, rlog))
             for t in texts

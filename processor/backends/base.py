@@ -13,7 +13,8 @@ CONTENT_TYPES = {
     "mp3": "audio/mpeg",
     "flac": "audio/flac",
     "opus": "audio/ogg",
-    "pcm": "audio/L16",
+    # Raw signed 16-bit little-endian; audio/L16 would promise big-endian (RFC 2586).
+    "pcm": "application/octet-stream",
 }
 
 

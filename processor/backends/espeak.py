@@ -270,7 +270,7 @@ class EspeakBackend:
         except OSError as exc:  # missing or not executable: down for every request alike
             raise Systemic(
                 f"cannot run {self._binary!r}: {exc.strerror or exc}; install it with "
-                "infra/espeak.sh",
+                "infra/packages.sh",
                 stage=Stage.SYNTHESIZE,
                 error_type="espeak_missing",
             ) from exc
