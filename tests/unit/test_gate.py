@@ -131,7 +131,8 @@ async def test_an_open_breaker_holds_calls_until_a_probe_succeeds() -> None:
     assert not waiting.done(), "no call may go to an open backend"
     clock.now += 5.0  # cool-down over: the next caller is the probe
     await asyncio.wait_for(waiting, timeout=5)
-    assert breaker.state == "closed"
+    state: str = breaker.state  # mypy narrowed it to "open" above
+    assert state == "closed"
     assert not gate.is_open
 
 
