@@ -27,7 +27,7 @@ from processor.request import Reference, Request, Voice
 pytestmark = pytest.mark.timeout(60)
 
 INSTALL_HINT = (
-    "espeak-ng is not installed: run `bash infra/espeak.sh` "
+    "espeak-ng is not installed: run `bash infra/packages.sh` "
     "(or `apt-get install espeak-ng`) to run these tests"
 )
 
@@ -219,7 +219,7 @@ async def test_unsupported_requests_are_refused_before_spawning(
 async def test_missing_binary_is_systemic() -> None:
     backend = EspeakBackend(binary="/nonexistent/espeak-ng")
 
-    with pytest.raises(Systemic, match=r"infra/espeak\.sh"):
+    with pytest.raises(Systemic, match=r"infra/packages\.sh"):
         await backend.synthesize(request())
 
 
