@@ -136,7 +136,7 @@ async def running_pipeline(
         min_sample_rate=conf.references.min_sample_rate,
     )
     routes = build_routes(conf, metrics, backends, references)
-    sink = KafkaSink(settings.kafka.bootstrap_servers, client_id=settings.kafka.client_id)
+    sink = KafkaSink(settings.kafka)
     store = S3Store(
         settings.store.bucket,
         endpoint_url=settings.store.endpoint_url,
@@ -166,7 +166,7 @@ async def serve(
     """Run the processor until stopped; returns the outcome counts."""
     k = settings.kafka
     await ensure_topics(
-        k.bootstrap_servers,
+        k,
         [k.request_topic, k.completion_topic, k.dlq_topic],
         k.create_topics_partitions,
     )

@@ -57,6 +57,31 @@ kafka_options = _options(
         help="Topic completion events (succeeded/failed) are published to.",
     ),
     _opt(
+        "--security-protocol",
+        envvar="KAFKA_SECURITY_PROTOCOL",
+        default="PLAINTEXT",
+        type=click.Choice(["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]),
+        help="How to talk to the brokers.",
+    ),
+    _opt(
+        "--sasl-mechanism",
+        envvar="KAFKA_SASL_MECHANISM",
+        default=None,
+        type=click.Choice(["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]),
+        help="SASL mechanism (with SASL_PLAINTEXT or SASL_SSL).",
+    ),
+    _opt("--sasl-username", envvar="KAFKA_SASL_USERNAME", default=None, help="SASL user."),
+    _opt(
+        "--sasl-password",
+        envvar="KAFKA_SASL_PASSWORD",
+        default=None,
+        show_default=False,
+        help="SASL password; never logged (prefer the environment variable to the flag).",
+    ),
+    _opt("--ssl-cafile", envvar="KAFKA_SSL_CAFILE", default=None, help="CA bundle for TLS."),
+    _opt("--ssl-certfile", envvar="KAFKA_SSL_CERTFILE", default=None, help="Client cert (mTLS)."),
+    _opt("--ssl-keyfile", envvar="KAFKA_SSL_KEYFILE", default=None, help="Client key (mTLS)."),
+    _opt(
         "--dlq-topic",
         envvar="VOXLINE_DLQ_TOPIC",
         default="tts.requests.dlq",
@@ -65,6 +90,13 @@ kafka_options = _options(
 )
 
 run_options = _options(
+    _opt(
+        "--group-instance-id",
+        envvar="VOXLINE_GROUP_INSTANCE_ID",
+        default=None,
+        help="Static group membership: give each instance a stable id so a rolling restart "
+        "within the session timeout does not rebalance.",
+    ),
     _opt(
         "--group-id",
         envvar="VOXLINE_GROUP_ID",
@@ -207,6 +239,14 @@ def _settings(**kw: Any) -> Settings:
             completion_topic=kw["completion_topic"],
             dlq_topic=kw["dlq_topic"],
             create_topics_partitions=kw.get("topic_partitions", 4),
+            group_instance_id=kw.get("group_instance_id"),
+            security_protocol=kw.get("security_protocol", "PLAINTEXT"),
+            sasl_mechanism=kw.get("sasl_mechanism"),
+            sasl_username=kw.get("sasl_username"),
+            sasl_password=kw.get("sasl_password"),
+            ssl_cafile=kw.get("ssl_cafile"),
+            ssl_certfile=kw.get("ssl_certfile"),
+            ssl_keyfile=kw.get("ssl_keyfile"),
         ),
         store=StoreSettings(
             endpoint_url=kw.get("s3_endpoint_url"),
@@ -458,9 +498,8 @@ def dlq_replay(dry_run: bool, **kw: Any) -> None:
     """Resend dead letters to their original topic (fix the cause first)."""
     from processor.client import replay
 
-    kafka_kw = {
-        k: kw[k] for k in ("bootstrap_servers", "request_topic", "completion_topic", "dlq_topic")
-    }
+    filters = ("reasons", "error_types", "request_ids", "since", "until")
+    kafka_kw = {k: v for k, v in kw.items() if k not in filters}
     letters = _selected(kw)
     if dry_run or not letters:
         verb = "would replay" if dry_run else "nothing to replay"

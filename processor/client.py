@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from processor.events import replay_headers
+from processor.kafka_options import connection_options
 from processor.settings import KafkaSettings
 
 
@@ -69,7 +70,7 @@ class CompletionFollower:
     def __init__(self, kafka: KafkaSettings) -> None:
         self.kafka = kafka
         self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=kafka.bootstrap_servers,
+            **connection_options(kafka),
             enable_auto_commit=False,
             group_id=None,
             auto_offset_reset="earliest",
@@ -117,7 +118,7 @@ async def produce(
     on_sent: Callable[[], None] = lambda: None,
 ) -> None:
     producer = AIOKafkaProducer(
-        bootstrap_servers=kafka.bootstrap_servers,
+        **connection_options(kafka),
         acks="all",
         enable_idempotence=True,
         linger_ms=10,
@@ -200,7 +201,7 @@ class DeadLetterFilter:
 async def read_dead_letters(kafka: KafkaSettings) -> list[DeadLetter]:
     """Everything in the dead-letter topic up to its current end."""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=kafka.bootstrap_servers,
+        **connection_options(kafka),
         enable_auto_commit=False,
         group_id=None,
         auto_offset_reset="earliest",
@@ -248,7 +249,7 @@ async def replay(
     ``dlq.replay_count`` bumped. The timestamp is the replay's own: an old original timestamp
     could put the record past the topic's retention at once."""
     producer = AIOKafkaProducer(
-        bootstrap_servers=kafka.bootstrap_servers,
+        **connection_options(kafka),
         acks="all",
         enable_idempotence=True,
     )

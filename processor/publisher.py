@@ -9,6 +9,8 @@ from aiokafka.errors import KafkaError
 
 from processor.errors import Stage, Systemic
 from processor.events import Headers
+from processor.kafka_options import connection_options
+from processor.settings import KafkaSettings
 
 
 class EventSink(Protocol):
@@ -28,10 +30,10 @@ class KafkaSink:
     """An idempotent ``acks=all`` producer: an acknowledged send is durable, and the
     producer's own retries cannot duplicate or reorder records."""
 
-    def __init__(self, bootstrap_servers: str, *, client_id: str, **extra: Any) -> None:
+    def __init__(self, kafka: KafkaSettings, **extra: Any) -> None:
         self.producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap_servers,
-            client_id=client_id,
+            **connection_options(kafka),
+            client_id=kafka.client_id,
             acks="all",
             enable_idempotence=True,
             linger_ms=5,

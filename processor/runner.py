@@ -13,6 +13,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
+from processor.kafka_options import connection_options
 from processor.observability import Health, Metrics
 from processor.offsets import OffsetTracker
 from processor.pipeline import Pipeline, Record
@@ -70,7 +71,8 @@ class Runner:
         self.counts = {"succeeded": 0, "failed": 0}
         k = settings.kafka
         self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=k.bootstrap_servers,
+            **connection_options(k),
+            group_instance_id=k.group_instance_id,
             group_id=k.group_id,
             client_id=k.client_id,
             enable_auto_commit=False,

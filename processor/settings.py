@@ -19,6 +19,16 @@ class KafkaSettings:
     #: Create missing topics at start-up with this many partitions (0: never create).
     create_topics_partitions: int = 4
     client_id: str = dataclasses.field(default_factory=lambda: f"voxline-{socket.gethostname()}")
+    #: Static membership: a restart with the same id within the session timeout keeps the
+    #: partitions (no rebalance during rolling restarts).
+    group_instance_id: str | None = None
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = dataclasses.field(default=None, repr=False)
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -9,15 +9,18 @@ import structlog
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
+from processor.kafka_options import connection_options
+from processor.settings import KafkaSettings
+
 log = structlog.get_logger("voxline.topics")
 
 
-async def ensure_topics(bootstrap_servers: str, topics: Iterable[str], partitions: int) -> None:
+async def ensure_topics(kafka: KafkaSettings, topics: Iterable[str], partitions: int) -> None:
     """Create each missing topic with ``partitions`` partitions (replication 1 on a one-node
     cluster, else the broker's default would be better: operators pre-create there)."""
     if partitions <= 0:
         return
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    admin = AIOKafkaAdminClient(**connection_options(kafka))
     await admin.start()
     try:
         existing = set(await admin.list_topics())

@@ -124,10 +124,13 @@ async def test_long_texts_become_one_object_as_long_as_their_chunks(
             services, "long", config_path=_config(tmp_path, cosy.url, fish.url)
         )
         async with running(settings):
-            await produce(settings, [
-                request("zh-chapter", zh, backend="cosy", language="zh"),
-                request("en-chapter", en, language="en"),
-            ])  # fmt: skip
+            await produce(
+                settings,
+                [
+                    request("zh-chapter", zh, backend="cosy", language="zh"),
+                    request("en-chapter", en, language="en"),
+                ],
+            )
             events = await wait_for_events(settings, {"zh-chapter", "en-chapter"}, timeout=300)
         direct = CosyVoiceBackend("cosy", cosy.url, version=2, default_speaker="中文女")
         zh_expected = await _expected_duration(direct, split_text(zh, 300), Voice())

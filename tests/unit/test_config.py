@@ -29,9 +29,13 @@ def test_the_example_file_declares_every_family() -> None:
 
 def test_environment_gives_one_backend() -> None:
     conf = config.from_environment(
-        backend="openai", url="http://x", api_key=None, max_in_flight=6,
-        retry_attempts=3, retry_timeout_s=9.0,
-    )  # fmt: skip
+        backend="openai",
+        url="http://x",
+        api_key=None,
+        max_in_flight=6,
+        retry_attempts=3,
+        retry_timeout_s=9.0,
+    )
     (only,) = conf.backends.values()
     assert (only.kind, only.max_in_flight, only.text_limit) == ("openai", 6, 4096)
     assert conf.record_window == 64
@@ -77,8 +81,20 @@ def test_unreadable_and_malformed_files(tmp_path: Path) -> None:
 
 def test_unknown_environment_backend() -> None:
     with pytest.raises(ConfigError, match="unknown backend"):
-        config.from_environment(backend="x", url=None, api_key=None, max_in_flight=1,
-                                retry_attempts=1, retry_timeout_s=1)  # fmt: skip
+        config.from_environment(
+            backend="x",
+            url=None,
+            api_key=None,
+            max_in_flight=1,
+            retry_attempts=1,
+            retry_timeout_s=1,
+        )
     with pytest.raises(ConfigError, match="needs VOXLINE_BACKEND_URL"):
-        config.from_environment(backend="fish", url=None, api_key=None, max_in_flight=1,
-                                retry_attempts=1, retry_timeout_s=1)  # fmt: skip
+        config.from_environment(
+            backend="fish",
+            url=None,
+            api_key=None,
+            max_in_flight=1,
+            retry_attempts=1,
+            retry_timeout_s=1,
+        )

@@ -1,0 +1,53 @@
+"""Kafka connection options: TLS and SASL from settings, with clear errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from processor.kafka_options import connection_options
+from processor.settings import KafkaSettings
+
+
+def test_plaintext_is_just_the_servers() -> None:
+    opts = connection_options(KafkaSettings(bootstrap_servers="b:9092"))
+    assert opts == {"bootstrap_servers": "b:9092", "security_protocol": "PLAINTEXT"}
+
+
+@pytest.mark.parametrize("mechanism", ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"])
+def test_sasl_over_tls(mechanism: str) -> None:
+    opts = connection_options(
+        KafkaSettings(
+            security_protocol="SASL_SSL",
+            sasl_mechanism=mechanism,
+            sasl_username="u",
+            sasl_password="p",
+        )
+    )
+    assert opts["sasl_mechanism"] == mechanism
+    assert (opts["sasl_plain_username"], opts["sasl_plain_password"]) == ("u", "p")
+    assert opts["ssl_context"] is not None
+
+
+def test_the_password_is_not_in_the_settings_repr() -> None:
+    assert "hunter2" not in repr(KafkaSettings(sasl_password="hunter2"))
+
+
+@pytest.mark.parametrize(
+    ("settings", "needle"),
+    [
+        (KafkaSettings(security_protocol="TLS"), "KAFKA_SECURITY_PROTOCOL"),
+        (KafkaSettings(security_protocol="SASL_PLAINTEXT", sasl_username="u"), "PASSWORD"),
+        (
+            KafkaSettings(
+                security_protocol="SASL_PLAINTEXT",
+                sasl_mechanism="GSSAPI",
+                sasl_username="u",
+                sasl_password="p",
+            ),
+            "KAFKA_SASL_MECHANISM",
+        ),
+    ],
+)
+def test_mistakes_are_named(settings: KafkaSettings, needle: str) -> None:
+    with pytest.raises(ValueError, match=needle):
+        connection_options(settings)
