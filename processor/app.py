@@ -83,7 +83,7 @@ def build_backend(conf: cfg.BackendConfig, references: ReferenceLoader | None) -
     raise cfg.ConfigError(f"[backends.{conf.name}]: unknown kind {conf.kind!r}")
 
 
-def build_gate(conf: cfg.BackendConfig, metrics: Metrics) -> Gate:
+def build_gate(conf: cfg.BackendConfig, metrics: Metrics, health: Health | None = None) -> Gate:
     window = (
         AdaptiveLimit(
             LimiterConfig(
@@ -100,6 +100,8 @@ def build_gate(conf: cfg.BackendConfig, metrics: Metrics) -> Gate:
         metrics.backend_gauges(gate.name, gate.in_flight, gate.limit)
         if gate.breaker is not None:
             metrics.breaker(gate.name, gate.breaker.state)
+        if health is not None:
+            health.set_backend_open(gate.name, gate.is_open)
 
     gate = Gate(conf.name, window, Breaker(BreakerConfig()), on_change=report)
     report(gate)
@@ -111,18 +113,22 @@ def build_routes(
     metrics: Metrics,
     backends: Mapping[str, Backend] | None = None,
     references: ReferenceLoader | None = None,
+    health: Health | None = None,
 ) -> dict[str, Route]:
     """A route per configured backend; ``backends`` (tests) replace the adapters by name."""
     routes = {}
     for name, bconf in conf.backends.items():
         backend = (backends or {}).get(name) or build_backend(bconf, references)
-        routes[name] = Route(backend, build_gate(bconf, metrics), bconf)
+        routes[name] = Route(backend, build_gate(bconf, metrics, health), bconf)
     return routes
 
 
 @contextlib.asynccontextmanager
 async def running_pipeline(
-    settings: Settings, metrics: Metrics, backends: Mapping[str, Backend] | None = None
+    settings: Settings,
+    metrics: Metrics,
+    backends: Mapping[str, Backend] | None = None,
+    health: Health | None = None,
 ) -> AsyncIterator[tuple[Pipeline, int]]:
     """Backends, store and sink opened (and closed again) around a pipeline; also yields the
     consumer's record window."""
@@ -135,7 +141,7 @@ async def running_pipeline(
         max_duration_ms=round(conf.references.max_duration_s * 1000),
         min_sample_rate=conf.references.min_sample_rate,
     )
-    routes = build_routes(conf, metrics, backends, references)
+    routes = build_routes(conf, metrics, backends, references, health)
     sink = KafkaSink(settings.kafka)
     store = S3Store(
         settings.store.bucket,
@@ -173,7 +179,7 @@ async def serve(
     metrics = Metrics()
     health = Health(time.monotonic())
     async with (
-        running_pipeline(settings, metrics, backends) as (pipeline, window),
+        running_pipeline(settings, metrics, backends, health) as (pipeline, window),
         _http(settings, metrics, health),
     ):
         runner = Runner(settings, pipeline, window=window, metrics=metrics, health=health)
