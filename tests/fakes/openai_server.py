@@ -14,6 +14,15 @@ whose length grows with the text. Switches make it misbehave the ways real serve
     streamed_wav            wav with placeholder sizes (0xFFFFFFFF), as servers that stream write
     ms_per_char             audio length per character of input (at speed 1)
     api_key                 when set, ``Authorization: Bearer <key>`` is required (else 401)
+    down                    every speech request has its connection closed without an answer,
+                            as a server that is restarting or gone (the client sees a transport
+                            error; /stats and /control keep working)
+    error_ratio             this share of requests answers a random 500/502/503/504, no Retry-After
+    timeout_ratio           this share of requests holds its answer for ``hang_ms`` (longer than
+                            the client's read timeout, so the client times out)
+    hang_ms                 how long a held request waits before answering anyway
+    seed                    seeds the random choices of error_ratio/timeout_ratio (setting it
+                            again reseeds); None: unseeded
 
 ``GET /stats`` returns counters and the last request's JSON body; ``POST /control`` takes a JSON
 object of switches to change at run time (``{"reset": true}`` zeroes the counters).
@@ -63,6 +72,17 @@ class Switches:
     streamed_wav: bool = False
     ms_per_char: float = 60.0
     api_key: str | None = None
+    down: bool = False
+    error_ratio: float = 0.0
+    timeout_ratio: float = 0.0
+    hang_ms: float = 30_000.0
+    seed: int | None = None
+
+
+#: Random 5xx answers of ``error_ratio``: the statuses real servers and proxies send.
+RANDOM_ERRORS = (500, 502, 503, 504)
+#: ``statuses`` key counting requests dropped by ``down`` (no HTTP status was sent).
+DROPPED = 0
 
 
 def _tone(duration_ms: float) -> bytes:
@@ -102,6 +122,7 @@ class FakeSpeechServer:
     def __init__(self, switches: Switches | None = None) -> None:
         self.switches = switches or Switches()
         self._fail_remaining = self.switches.fail_first_n
+        self._rng = random.Random(self.switches.seed)
         self.app = web.Application()
         self.app.router.add_post("/v1/audio/speech", self._speech)
         self.app.router.add_get("/stats", self._stats)
@@ -123,6 +144,8 @@ class FakeSpeechServer:
         self.switches = dataclasses.replace(self.switches, **changes)
         if "fail_first_n" in changes:
             self._fail_remaining = self.switches.fail_first_n
+        if "seed" in changes:
+            self._rng = random.Random(self.switches.seed)
 
     def stats(self) -> dict[str, object]:
         return {
@@ -150,6 +173,11 @@ class FakeSpeechServer:
 
     async def _speech(self, request: web.Request) -> web.StreamResponse:
         self.requests += 1
+        if self.switches.down:
+            self.statuses[DROPPED] += 1
+            if request.transport is not None:
+                request.transport.close()
+            return web.Response(status=503)  # never reaches the client: the socket is closed
         response = await self._answer(request)
         self.statuses[response.status] += 1
         return response
@@ -172,12 +200,19 @@ class FakeSpeechServer:
         if self._fail_remaining > 0:
             self._fail_remaining -= 1
             return _error(503, "model is loading")
+        hang = False
+        if switches.error_ratio or switches.timeout_ratio:
+            draw = self._rng.random()
+            if draw < switches.error_ratio:
+                status = self._rng.choice(RANDOM_ERRORS)
+                return _error(status, f"fake random failure {status}")
+            hang = draw < switches.error_ratio + switches.timeout_ratio
         if switches.capacity is not None and self.in_flight >= switches.capacity:
             return _error(429, "too many concurrent requests", **{"Retry-After": "1"})
         self.in_flight += 1
         self.in_flight_max = max(self.in_flight_max, self.in_flight)
         try:
-            await asyncio.sleep(_delay(switches) / 1000)
+            await asyncio.sleep((switches.hang_ms if hang else _delay(switches)) / 1000)
             return await self._audio(request, body, switches)
         finally:
             self.in_flight -= 1
@@ -288,6 +323,11 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[int, Switches]:
     parser.add_argument("--streamed-wav", action="store_true")
     parser.add_argument("--ms-per-char", type=float, default=60.0)
     parser.add_argument("--api-key", default=None)
+    parser.add_argument("--down", action="store_true")
+    parser.add_argument("--error-ratio", type=float, default=0.0)
+    parser.add_argument("--timeout-ratio", type=float, default=0.0)
+    parser.add_argument("--hang-ms", type=float, default=30_000.0)
+    parser.add_argument("--seed", type=int, default=None)
     args = parser.parse_args(argv)
     switches = Switches(
         latency_ms=args.latency_ms,
@@ -301,6 +341,11 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[int, Switches]:
         streamed_wav=args.streamed_wav,
         ms_per_char=args.ms_per_char,
         api_key=args.api_key,
+        down=args.down,
+        error_ratio=args.error_ratio,
+        timeout_ratio=args.timeout_ratio,
+        hang_ms=args.hang_ms,
+        seed=args.seed,
     )
     return args.port, switches
 

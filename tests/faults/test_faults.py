@@ -1,0 +1,345 @@
+"""Nothing lost under faults: ``voxline run`` processes against the real broker and store, a
+fake backend in its own process, a fault per scenario, and the accounting check at the end.
+
+Every scenario ends with ``processor.reconcile.reconcile`` (content verified: every object
+downloaded and hashed) and asserts that no request was lost, none has conflicting outcomes,
+every succeeded event has its whole object and every failed one its dead letter. The figures
+go to the results file (``support.results_path()``) and to the terminal. See README.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from processor.client import read_dead_letters
+from processor.reconcile import Report, reconcile
+from tests.faults import support
+from tests.faults.support import Drill, drill, infra, produce, valid_requests
+from tests.integration.services import Services
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+
+OUTAGE_S = 30.0
+
+
+async def send(run: Drill, n: int) -> set[str]:
+    records = valid_requests(run.name, n)
+    await produce(run.settings, records)
+    return {k.decode() for k, _ in records}
+
+
+def report_and_check(
+    run: Drill, report: Report, capsys: pytest.CaptureFixture[str], **extra: Any
+) -> None:
+    """Record and print the figures, then assert the delivery promise held."""
+    run.figures.update(extra)
+    line = support.record_figures(run.figures)
+    with capsys.disabled():
+        print(f"\n[fault figures] {line}")
+    problems = {k: v for k, v in report.to_json().items() if k.endswith("_ids") and v}
+    detail = f"{run.figures}\nproblem ids (first 10 each): " + str(
+        {k: v[:10] for k, v in problems.items() if k not in ("failed_ids", "duplicate_ids")}
+    )
+    assert report.lost == 0, detail
+    assert report.conflicts == 0, detail
+    assert report.missing_objects == 0, detail
+    assert report.bad_objects == 0, detail
+    assert report.missing_dead_letters == 0, detail
+    assert report.bad_dead_letters == 0, detail
+    assert report.orphans == 0, detail
+    assert report.unreadable_events == 0, detail
+    assert report.ok
+
+
+def seconds(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
+
+
+def reached(run: Drill, count: int) -> Callable[[], bool]:
+    return lambda: len(run.completions.first) >= count
+
+
+def logged(member: support.Processor, text: str) -> Callable[[], bool]:
+    return lambda: text in member.log_text()
+
+
+# -- (a) kill -9 -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("membership", ["dynamic", "static"])
+async def test_kill_9_at_random_moments_loses_nothing(
+    services: Services, tmp_path: Path, capsys: pytest.CaptureFixture[str], membership: str
+) -> None:
+    """11 SIGKILLs at seeded random moments of a 1,000-request run, restarting at once: with
+    dynamic membership (the restarted process waits out the dead member's session) and with
+    static membership (VOXLINE_GROUP_INSTANCE_ID: the restarted process takes its place)."""
+    rng = random.Random(20261121)
+    kills, n = 11, 1000
+    instance = f"kill9-{time.time_ns()}" if membership == "static" else None
+    async with drill(
+        services, tmp_path, f"kill9-{membership}", VOXLINE_GROUP_INSTANCE_ID=instance
+    ) as run:
+        ids = await send(run, n)
+        member = await run.fleet.start()
+        restarts: list[float] = []
+        for _ in range(kills):
+            # A random amount of progress since the last restart, then a random instant.
+            done = len(run.completions.first)
+            await run.completions.wait_count(done + rng.randint(20, 60), timeout=120)
+            await asyncio.sleep(rng.uniform(0.0, 0.5))
+            assert len(run.completions.first) < n, "the run ended before every kill was made"
+            await run.fleet.kill(member)
+            restarts.append(time.time())
+            member = await run.fleet.start()
+        report = await run.account(ids)
+        resumes = [run.completions.resumed_after(t) for t in restarts]
+        known = [r for r in resumes if r is not None]
+        report_and_check(
+            run,
+            report,
+            capsys,
+            kills=kills,
+            membership=membership,
+            recovery_s=seconds(max(known, default=None)),
+            resume_after_kill_s=support.summary(known),
+            drain_s=seconds(run.completions.drained_after(restarts[-1], ids)),
+        )
+        assert len(known) == kills
+        # Redone work is bounded by what a kill can strand: in flight plus done-uncommitted.
+        assert report.duplicates < n // 2
+
+
+# -- (b) instances joining and leaving ---------------------------------------------------------
+
+
+async def test_instances_joining_and_leaving_lose_nothing(
+    services: Services, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A second and a third instance join mid-run; the first leaves with SIGTERM. Requests
+    are fed as the run goes (a backlog of 40, then a last 150), so every change happens while
+    there is work however slow the machine."""
+    slower = ("--latency-ms", "100", "--jitter-ms", "50", "--ms-per-char", "5")
+    async with drill(services, tmp_path, "scale", fake_args=slower) as run:
+        feeder = support.Feeder(run)
+        first = await run.fleet.start()
+        await feeder.step(reached(run, 50), what="the first outcomes")
+        for _ in range(2):
+            joiner = await run.fleet.start()
+            await feeder.step(logged(joiner, "partitions assigned"), what=f"{joiner.name} to join")
+            await feeder.step(reached(run, len(run.completions.first) + 40), what="progress")
+        code = await run.fleet.terminate(first)
+        left = time.time()
+        assert code == 0, first.log_text()[-3000:]
+        ids = await feeder.finish()
+        report = await run.account(ids)
+        report_and_check(
+            run,
+            report,
+            capsys,
+            membership_changes=3,
+            recovery_s=seconds(run.completions.resumed_after(left)),
+            drain_s=seconds(run.completions.drained_after(left, ids)),
+        )
+
+
+# -- (c) backend down --------------------------------------------------------------------------
+
+
+async def test_backend_down_for_30_s_dead_letters_nothing(
+    services: Services, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    n = 400
+    async with drill(services, tmp_path, "backend-down") as run:
+        ids = await send(run, n)
+        await run.fleet.start()
+        await run.completions.wait_count(100, timeout=120)
+        await run.fake.control(down=True)
+        began = time.time()
+        await asyncio.sleep(OUTAGE_S)  # the fault window
+        dropped = (await run.fake.control(down=False))["statuses"].get("0", 0)
+        ended = time.time()
+        report = await run.account(ids)
+        report_and_check(
+            run,
+            report,
+            capsys,
+            outage_s=round(ended - began, 1),
+            calls_dropped=dropped,
+            recovery_s=seconds(run.completions.resumed_after(ended)),
+            drain_s=seconds(run.completions.drained_after(ended, ids)),
+        )
+        assert dropped > 0, "the outage never reached the processor"
+        assert report.failed == report.dead_letter_records == 0
+
+
+# -- (d) store down ----------------------------------------------------------------------------
+
+
+async def test_store_down_for_30_s_dead_letters_nothing(
+    services: Services, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    n = 400
+    await infra(services, "s3.sh", "status")
+    async with drill(services, tmp_path, "store-down") as run:
+        ids = await send(run, n)
+        await run.fleet.start()
+        await run.completions.wait_count(100, timeout=120)
+        try:
+            await infra(services, "s3.sh", "stop")
+            began = time.time()
+            await asyncio.sleep(OUTAGE_S)  # the fault window
+        finally:
+            await infra(services, "s3.sh", "start")
+        ended = time.time()
+        report = await run.account(ids)
+        report_and_check(
+            run,
+            report,
+            capsys,
+            outage_s=round(ended - began, 1),
+            recovery_s=seconds(run.completions.resumed_after(ended)),
+            drain_s=seconds(run.completions.drained_after(ended, ids)),
+        )
+        assert report.failed == report.dead_letter_records == 0
+
+
+# -- (e) broker restart ------------------------------------------------------------------------
+
+
+async def test_broker_restart_mid_run_loses_nothing(
+    services: Services, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    n = 400
+    await infra(services, "kafka.sh", "status")
+    async with drill(services, tmp_path, "broker-restart") as run:
+        ids = await send(run, n)
+        await run.fleet.start()
+        await run.completions.wait_count(100, timeout=120)
+        await run.completions.close()  # our own reader, not the processor's
+        try:
+            await infra(services, "kafka.sh", "stop")
+            began = time.time()
+        finally:
+            await infra(services, "kafka.sh", "start")
+        ended = time.time()
+        await run.completions.open()
+        report = await run.account(ids, timeout=180)
+        report_and_check(
+            run,
+            report,
+            capsys,
+            outage_s=round(ended - began, 1),
+            recovery_s=seconds(run.completions.resumed_after(ended)),
+            drain_s=seconds(run.completions.drained_after(ended, ids)),
+        )
+
+
+# -- (f) a flaky backend -----------------------------------------------------------------------
+
+#: The adapter's read timeout is only configurable per backend in a config file.
+FLAKY_CONFIG = """\
+default_backend = "openai"
+[backends.openai]
+kind = "openai"
+url = "{url}"
+max_in_flight = 8
+timeout_s = 2.0
+retry_attempts = 8
+retry_timeout_s = 120
+"""
+
+
+async def test_flaky_backend_dead_letters_nothing_with_enough_retries(
+    services: Services, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """20% random 5xx and 5% calls held past the 2 s client timeout, all run long."""
+    n = 400
+    flaky = (*support.FAKE_ARGS, "--error-ratio", "0.2", "--timeout-ratio", "0.05", "--seed", "7")
+    async with drill(
+        services,
+        tmp_path,
+        "flaky",
+        fake_args=flaky,
+        config=FLAKY_CONFIG,
+        VOXLINE_RETRY_ATTEMPTS="8",
+    ) as run:
+        ids = await send(run, n)
+        await run.fleet.start()
+        report = await run.account(ids)
+        stats = await run.fake.stats()
+        answered = sum(stats["statuses"].values())
+        errors = sum(v for k, v in stats["statuses"].items() if k.startswith("5"))
+        report_and_check(
+            run,
+            report,
+            capsys,
+            backend_calls=stats["requests"],
+            backend_5xx=errors,
+            backend_timeouts=stats["requests"] - answered,
+            recovery_s=None,
+        )
+        assert errors > 0
+        assert stats["requests"] > answered, "no call was held past the client timeout"
+        assert report.failed == report.dead_letter_records == 0
+
+
+# -- (g) hostile records -----------------------------------------------------------------------
+
+
+async def test_hostile_records_are_dead_lettered_and_the_rest_succeed(
+    services: Services, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """10% hostile records (random bytes, deep JSON, huge strings, control characters, wrong
+    types, no usable id), seeded, shuffled in among valid ones."""
+    rng = random.Random(7)
+    n_valid, n_hostile = 360, 40
+    async with drill(services, tmp_path, "hostile") as run:
+        valid = valid_requests(run.name, n_valid)
+        hostile = [support.hostile_record(rng, f"hostile-{i:03d}") for i in range(n_hostile)]
+        mixed: list[tuple[bytes | None, bytes | None, support.Hostile | None]] = [
+            (k, v, None) for k, v in valid
+        ] + [(h.key, h.value, h) for h in hostile]
+        rng.shuffle(mixed)
+        where = await produce(run.settings, [(k, v) for k, v, _ in mixed])
+        topic = run.settings.kafka.request_topic
+        expected_failed: set[str] = set()
+        originals: dict[tuple[int, int], tuple[bytes | None, bytes | None]] = {}
+        for (key, value, h), (partition, offset) in zip(mixed, where, strict=True):
+            if h is not None:
+                expected_failed.add(h.expected_id or f"{topic}:{partition}:{offset}")
+                originals[(partition, offset)] = (key, value)
+        ids = {k.decode() for k, _ in valid} | expected_failed
+        await run.fleet.start()
+        report = await run.account(ids)
+        letters = await read_dead_letters(run.settings.kafka)
+        kinds: dict[str, int] = {}
+        for h in hostile:
+            kinds[h.kind] = kinds.get(h.kind, 0) + 1
+        report_and_check(run, report, capsys, hostile_kinds=kinds, recovery_s=None)
+        assert set(report.failed_ids) == expected_failed
+        assert report.failed_reasons == (("invalid_input", n_hostile),)
+        assert report.succeeded == n_valid
+        # --since: the whole run is at or after its start, nothing is after its end.
+        began = dt.datetime.fromtimestamp(run.began - 1, dt.UTC)
+        scoped = await reconcile(run.settings.kafka, run.settings.store, since=began)
+        assert (scoped.requests, scoped.succeeded, scoped.failed) == (len(ids), n_valid, n_hostile)
+        assert scoped.ok
+        later = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1)
+        nothing = await reconcile(run.settings.kafka, run.settings.store, since=later)
+        assert (nothing.requests, nothing.orphans, nothing.ok) == (0, 0, True)
+        # Dead letters are the original records, byte for byte.
+        assert len(letters) == n_hostile
+        for letter in letters:
+            origin = (
+                int(letter.header("dlq.original.partition") or -1),
+                int(letter.header("dlq.original.offset") or -1),
+            )
+            assert (letter.key, letter.value) == originals[origin]
