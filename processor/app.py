@@ -44,6 +44,7 @@ def backends_config(settings: Settings) -> cfg.BackendsConfig:
         adaptive=settings.adaptive,
         max_records=settings.max_records,
         reference_buckets=settings.reference_buckets,
+        timeout_s=settings.backend_timeout_s,
     )
 
 
@@ -103,7 +104,10 @@ def build_gate(conf: cfg.BackendConfig, metrics: Metrics, health: Health | None 
         if health is not None:
             health.set_backend_open(gate.name, gate.is_open)
 
-    gate = Gate(conf.name, window, Breaker(BreakerConfig()), on_change=report)
+    # Probes at most 5 s apart: an outage's end is noticed within seconds, at the price of
+    # one call per 5 s to a backend that is still down.
+    breaker = Breaker(BreakerConfig(open_for_s=1.0, max_open_for_s=5.0))
+    gate = Gate(conf.name, window, breaker, on_change=report)
     report(gate)
     return gate
 

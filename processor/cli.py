@@ -187,6 +187,13 @@ run_options = _options(
         help="Longest accepted text; longer is invalid_input.",
     ),
     _opt(
+        "--backend-timeout",
+        envvar="VOXLINE_BACKEND_TIMEOUT",
+        default=120.0,
+        type=click.FloatRange(0.1),
+        help="Seconds one backend call may take (synthesis is slow; a hung call is retried).",
+    ),
+    _opt(
         "--retry-attempts",
         envvar="VOXLINE_RETRY_ATTEMPTS",
         default=5,
@@ -261,6 +268,7 @@ def _settings(**kw: Any) -> Settings:
         backend_url=kw.get("backend_url"),
         backend_api_key=kw.get("backend_api_key"),
         max_in_flight=kw.get("max_in_flight", 8),
+        backend_timeout_s=kw.get("backend_timeout", 120.0),
         adaptive=kw.get("adaptive", False),
         max_records=kw.get("max_records", 0),
         max_uncommitted=kw.get("max_uncommitted", 1000),
@@ -533,3 +541,12 @@ def demo(ctx: click.Context, keep_services: bool) -> None:
         logs.configure("warning", json=False)
 
     sys.exit(asyncio.run(run_demo(console, keep_services=keep_services)))
+
+
+def _register_reconcile() -> None:
+    from processor.reconcile import reconcile_command
+
+    main.add_command(reconcile_command)
+
+
+_register_reconcile()

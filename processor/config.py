@@ -110,6 +110,7 @@ def from_environment(
     adaptive: bool = False,
     max_records: int = 0,
     reference_buckets: frozenset[str] = frozenset(),
+    timeout_s: float = 120.0,
 ) -> BackendsConfig:
     """The single backend ``VOXLINE_BACKEND`` names, when there is no config file."""
     if backend not in KINDS:
@@ -124,6 +125,7 @@ def from_environment(
         url=url,
         api_key=api_key,
         text_limit=DEFAULT_TEXT_LIMITS[backend],
+        timeout_s=timeout_s,
         max_in_flight=max_in_flight,
         initial_in_flight=min(4, max_in_flight),
         adaptive=adaptive,

@@ -46,7 +46,7 @@ from processor.events import (
 )
 from processor.observability import Metrics
 from processor.publisher import EventSink
-from processor.request import Request, best_effort_request_id, parse_request
+from processor.request import Request, parse_request, request_id_of
 from processor.routes import Route
 from processor.settings import Settings
 from processor.store import AudioStore, object_key
@@ -135,7 +135,9 @@ class Pipeline:
             request = parse_request(record.value, max_text_chars=self.settings.max_text_chars)
             self.metrics.observe_stage("decode", time.monotonic() - started)
         except InvalidInput as exc:
-            request_id = best_effort_request_id(record.value) or _fallback_subject(record)
+            request_id = request_id_of(
+                record.topic, record.partition, record.offset, record.key, record.value
+            )
             await self._fail(
                 record, request_id, {}, exc, 0, _now(), rlog.bind(request_id=request_id)
             )
@@ -466,20 +468,3 @@ class Pipeline:
             dlq_partition=partition,
             dlq_offset=offset,
         )
-
-
-def _fallback_subject(record: Record) -> str:
-    """A subject for a record whose request_id cannot be read: its original key if it is a
-    usable id, else its coordinates."""
-    if record.key:
-        try:
-            key = record.key.decode()
-        except UnicodeDecodeError:
-            key = ""
-        if (
-            key
-            and len(key) <= 128
-            and all(c.isascii() and (c.isalnum() or c in "._:-") for c in key)
-        ):
-            return key
-    return f"{record.topic}:{record.partition}:{record.offset}"

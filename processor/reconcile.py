@@ -43,14 +43,13 @@ from rich.table import Table
 
 from processor.client import end_offsets
 from processor.kafka_options import SASL_MECHANISMS, SECURITY_PROTOCOLS, connection_options
-from processor.request import best_effort_request_id
+from processor.request import request_id_of
 from processor.settings import KafkaSettings, StoreSettings
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
 
 F = TypeVar("F", bound=Callable[..., Any])
-_USABLE_KEY = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 #: Ids listed per problem in the table (``--json`` lists them all).
 DEFAULT_SHOW = 20
 
@@ -110,24 +109,6 @@ class StoredObject:
     meta_sha256: str | None
     content_sha256: str | None = None
     last_modified_ms: int | None = None
-
-
-def request_id_of(
-    topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None
-) -> str:
-    """The id the processor publishes a record's outcome under: the value's request_id, else
-    the key when it is a usable id, else the record's coordinates (processor.pipeline's rule)."""
-    found = best_effort_request_id(value)
-    if found:
-        return found
-    if key:
-        try:
-            text = key.decode()
-        except UnicodeDecodeError:
-            text = ""
-        if text.isascii() and _USABLE_KEY.fullmatch(text):
-            return text
-    return f"{topic}:{partition}:{offset}"
 
 
 # -- the report -----------------------------------------------------------------------------

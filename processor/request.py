@@ -363,3 +363,25 @@ def _clip(message: str, limit: int = MAX_MESSAGE_CHARS) -> str:
         message = message[: limit - 1] + "…"
     # Never hand on a string that cannot be encoded (it becomes a header and JSON elsewhere).
     return message.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+_USABLE_KEY = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def request_id_of(
+    topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None
+) -> str:
+    """The id the processor publishes a record's outcome under: the value's request_id, else
+    the key when it is a usable id, else the record's coordinates. The pipeline publishes
+    under it and reconcile accounts by it."""
+    found = best_effort_request_id(value)
+    if found:
+        return found
+    if key:
+        try:
+            text = key.decode()
+        except UnicodeDecodeError:
+            text = ""
+        if text.isascii() and _USABLE_KEY.fullmatch(text):
+            return text
+    return f"{topic}:{partition}:{offset}"

@@ -59,6 +59,8 @@ class Settings:
     backend: str = "espeak"
     backend_url: str | None = None
     backend_api_key: str | None = dataclasses.field(default=None, repr=False)
+    #: Seconds one backend call may take.
+    backend_timeout_s: float = 120.0
     #: Concurrent calls per backend (the window); the adaptive window's ceiling.
     max_in_flight: int = 8
     #: Let each backend's window find its capacity between 1 and ``max_in_flight``.

@@ -25,8 +25,8 @@ from processor.reconcile import (
     parse_since,
     reconcile_command,
     report_table,
-    request_id_of,
 )
+from processor.request import request_id_of
 
 BUCKET = "audio"
 TOPIC = "t.requests"
