@@ -215,6 +215,23 @@ class Pipeline:
         base = dataclasses.replace(request, format="wav", sample_rate=None)
         # Whitespace-only pieces carry nothing to speak (validation guarantees some text).
         texts = [t for t in split_text(request.text, route.config.text_limit) if t.strip()]
+        if len(texts) == 1:  # the common case: no tasks to spawn
+            parts = [
+                await self._chunk(route, dataclasses.replace(base, text=texts[0]), tally, rlog)
+            ]
+        else:
+            parts = await self._chunks(route, base, texts, tally, rlog)
+        wav = parts[0].data if len(parts) == 1 else join_wavs([p.data for p in parts])
+        try:
+            audio = await self._finish_audio(wav, request, rlog)
+        except Permanent as exc:
+            raise _Outcome(exc) from exc
+        return audio, len(parts), time.monotonic() - t0
+
+    async def _chunks(
+        self, route: Route, base: Request, texts: list[str], tally: _Tally, rlog: Logger
+    ) -> list[Audio]:
+        """Chunks concurrently (the gate bounds the calls); the first failure cancels the rest."""
         calls = [
             asyncio.create_task(self._chunk(route, dataclasses.replace(base, text=t), tally, rlog))
             for t in texts
@@ -229,13 +246,7 @@ class Pipeline:
             failure = None if call.cancelled() else call.exception()
             if failure is not None:
                 raise failure
-        parts = [call.result() for call in calls]
-        wav = parts[0].data if len(parts) == 1 else join_wavs([p.data for p in parts])
-        try:
-            audio = await self._finish_audio(wav, request, rlog)
-        except Permanent as exc:
-            raise _Outcome(exc) from exc
-        return audio, len(parts), time.monotonic() - t0
+        return [call.result() for call in calls]
 
     async def _finish_audio(self, wav: bytes, request: Request, rlog: Logger) -> Audio:
         info = wav_info(wav)
