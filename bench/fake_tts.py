@@ -1,0 +1,377 @@
+"""A benchmark TTS backend: one self-hosted GPU server, as seen through its OpenAI-compatible
+``POST /v1/audio/speech`` route.
+
+    capacity C    calls served at once; more wait in a FIFO queue (``fifo``), or all of them
+                  share the server, each at ``C/n`` of full speed (``ps``, processor sharing)
+    latency_ms L  service time of one call alone, +- ``jitter_ms`` (uniform)
+    per_char N    when set, service time is ``L * len(input) / N`` (so ``L`` at ``N`` characters)
+    knee K        with more than ``floor(K * C)`` calls in the server (queued or served), a new
+                  one fails after ``fail_ms``: HTTP 500 or a dropped connection, as a GPU server
+                  out of memory does. No 429, no Retry-After: the client must find C itself.
+
+The body is a small valid WAV (8 kHz mono, 80 ms) whatever the text, so neither the store nor
+the network is the bottleneck. ``GET /stats`` returns totals and a per-second series (epoch
+seconds: calls ok, calls failed, most calls in the server); ``POST /control`` takes a JSON object
+of switches to change at run time (``{"capacity": 6}``; ``{"reset": true}`` zeroes the counters).
+
+``python -m bench.fake_tts --port 0 --capacity 16 --latency-ms 250`` prints ``LISTENING <port>``
+once bound to 127.0.0.1 and stops on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import io
+import json
+import math
+import random
+import signal
+import socket
+import struct
+import time
+import wave
+from collections.abc import Sequence
+from typing import Any, Literal, Protocol
+
+from aiohttp import web
+
+RATE = 8000
+FailMode = Literal["500", "drop"]
+QueueMode = Literal["fifo", "ps"]
+
+
+def _small_wav(duration_ms: int = 80) -> bytes:
+    frames = RATE * duration_ms // 1000
+    pcm = b"".join(
+        struct.pack("<h", round(2000 * math.sin(2 * math.pi * 400 * i / RATE)))
+        for i in range(frames)
+    )
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as writer:
+        writer.setnchannels(1)
+        writer.setsampwidth(2)
+        writer.setframerate(RATE)
+        writer.writeframes(pcm)
+    return buffer.getvalue()
+
+
+WAV = _small_wav()
+
+
+@dataclasses.dataclass(frozen=True)
+class Switches:
+    """How the server behaves; changed at run time through ``/control``."""
+
+    capacity: int = 16
+    latency_ms: float = 250.0
+    jitter_ms: float = 0.0
+    per_char: float | None = None
+    knee: float = math.inf
+    fail_mode: FailMode = "500"
+    #: How long a call past the knee lives before it fails; None: a fifth of ``latency_ms``.
+    fail_ms: float | None = None
+    queue: QueueMode = "fifo"
+
+    def __post_init__(self) -> None:
+        if self.capacity < 1:
+            raise ValueError("capacity must be >= 1")
+        if self.knee < 1.0:
+            raise ValueError("knee must be >= 1")
+        if self.fail_mode not in ("500", "drop") or self.queue not in ("fifo", "ps"):
+            raise ValueError("fail_mode is 500|drop, queue is fifo|ps")
+
+    @property
+    def knee_calls(self) -> float:
+        """Calls the server holds before a new one fails."""
+        return math.floor(self.knee * self.capacity) if math.isfinite(self.knee) else math.inf
+
+    def service_s(self, chars: int) -> float:
+        base = self.latency_ms
+        if self.per_char:
+            base *= chars / self.per_char
+        jitter = random.uniform(-self.jitter_ms, self.jitter_ms) if self.jitter_ms else 0.0
+        return max(0.0, base + jitter) / 1000
+
+    def fail_s(self) -> float:
+        return (self.latency_ms / 5 if self.fail_ms is None else self.fail_ms) / 1000
+
+
+class Server(Protocol):
+    capacity: int
+
+    async def serve(self, service_s: float) -> None: ...
+
+    def set_capacity(self, capacity: int) -> None: ...
+
+
+class FifoServer:
+    """``capacity`` calls in service; the rest wait in arrival order."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.busy = 0
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    async def serve(self, service_s: float) -> None:
+        if self.busy < self.capacity and not self._waiters:
+            self.busy += 1
+        else:
+            slot = asyncio.get_running_loop().create_future()
+            self._waiters.append(slot)
+            try:
+                await slot
+            except asyncio.CancelledError:
+                if slot.done() and not slot.cancelled():
+                    self._release()  # handed a slot, then cancelled: give it on
+                raise
+        try:
+            if service_s > 0:
+                await asyncio.sleep(service_s)
+        finally:
+            self._release()
+
+    def set_capacity(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._wake()
+
+    def _release(self) -> None:
+        self.busy -= 1
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters and self.busy < self.capacity:
+            slot = self._waiters.popleft()
+            if not slot.done():
+                self.busy += 1
+                slot.set_result(None)
+
+
+class SharedServer:
+    """Processor sharing: with ``n`` calls in the server each runs at ``min(1, C/n)`` speed."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._jobs: dict[asyncio.Future[None], float] = {}
+        self._last = time.monotonic()
+        self._kick = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def serve(self, service_s: float) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._schedule())
+        self._advance()
+        done = asyncio.get_running_loop().create_future()
+        self._jobs[done] = service_s
+        self._kick.set()
+        try:
+            await done
+        finally:
+            self._advance()
+            self._jobs.pop(done, None)
+            self._kick.set()
+
+    def set_capacity(self, capacity: int) -> None:
+        self._advance()
+        self.capacity = capacity
+        self._kick.set()
+
+    def _rate(self) -> float:
+        return min(1.0, self.capacity / max(1, len(self._jobs)))
+
+    def _advance(self) -> None:
+        now = time.monotonic()
+        progress = (now - self._last) * self._rate()
+        self._last = now
+        for job in self._jobs:
+            self._jobs[job] -= progress
+
+    async def _schedule(self) -> None:
+        while True:
+            self._advance()
+            for job, left in list(self._jobs.items()):
+                if left <= 1e-6:
+                    del self._jobs[job]
+                    if not job.done():
+                        job.set_result(None)
+            self._kick.clear()
+            wait = min(self._jobs.values(), default=math.inf) / self._rate()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._kick.wait(), None if math.isinf(wait) else wait)
+
+
+@dataclasses.dataclass
+class _Second:
+    ok: int = 0
+    failed: int = 0
+    in_server_max: int = 0
+
+
+class FakeTTS:
+    """The aiohttp application, its server model and its counters."""
+
+    def __init__(self, switches: Switches) -> None:
+        self.switches = switches
+        self.server = self._model(switches)
+        self.present = 0  # calls in the server: queued, served or about to fail
+        self.app = web.Application()
+        self.app.router.add_post("/v1/audio/speech", self._speech)
+        self.app.router.add_get("/stats", self._stats)
+        self.app.router.add_post("/control", self._control)
+        self.reset()
+
+    @staticmethod
+    def _model(switches: Switches) -> Server:
+        if switches.queue == "ps":
+            return SharedServer(switches.capacity)
+        return FifoServer(switches.capacity)
+
+    def reset(self) -> None:
+        self.calls = 0
+        self.ok = 0
+        self.failed = 0
+        self.in_server_max = 0
+        self.series: dict[int, _Second] = {}
+
+    def set(self, **changes: Any) -> None:
+        if changes.pop("reset", False):
+            self.reset()
+        switches = dataclasses.replace(self.switches, **changes)
+        if switches.queue != self.switches.queue:
+            raise ValueError("queue cannot change at run time")
+        self.switches = switches
+        self.server.set_capacity(switches.capacity)
+
+    def stats(self) -> dict[str, object]:
+        return {
+            "calls": self.calls,
+            "ok": self.ok,
+            "failed": self.failed,
+            "in_server": self.present,
+            "in_server_max": self.in_server_max,
+            "switches": {
+                k: (None if isinstance(v, float) and math.isinf(v) else v)
+                for k, v in dataclasses.asdict(self.switches).items()
+            },
+            "series": [
+                {"t": t, "ok": s.ok, "failed": s.failed, "in_server_max": s.in_server_max}
+                for t, s in sorted(self.series.items())
+            ],
+        }
+
+    def _second(self) -> _Second:
+        now = int(time.time())
+        second = self.series.get(now)
+        if second is None:
+            second = self.series[now] = _Second()
+        return second
+
+    async def _stats(self, request: web.Request) -> web.Response:
+        return web.json_response(self.stats())
+
+    async def _control(self, request: web.Request) -> web.Response:
+        try:
+            changes = await request.json()
+            if not isinstance(changes, dict):
+                raise TypeError("the body must be a JSON object of switches")
+            self.set(**changes)
+        except (ValueError, TypeError) as exc:
+            return web.json_response({"error": {"message": str(exc)}}, status=400)
+        return web.json_response(self.stats())
+
+    async def _speech(self, request: web.Request) -> web.StreamResponse:
+        try:
+            body = await request.json()
+        except ValueError:
+            return _error(400, "the body is not JSON")
+        text = body.get("input") if isinstance(body, dict) else None
+        if not isinstance(text, str) or not text:
+            return _error(400, "'input' must be a non-empty string")
+        if body.get("response_format", "wav") != "wav":
+            return _error(400, "this fake answers wav only")
+        self.calls += 1
+        self.present += 1
+        switches = self.switches
+        second = self._second()
+        second.in_server_max = max(second.in_server_max, self.present)
+        self.in_server_max = max(self.in_server_max, self.present)
+        try:
+            if self.present > switches.knee_calls:
+                await asyncio.sleep(switches.fail_s())
+                return self._fail(request, switches.fail_mode)
+            await self.server.serve(switches.service_s(len(text)))
+        finally:
+            self.present -= 1
+        self.ok += 1
+        self._second().ok += 1
+        return web.Response(body=WAV, content_type="audio/wav")
+
+    def _fail(self, request: web.Request, mode: FailMode) -> web.Response:
+        self.failed += 1
+        self._second().failed += 1
+        if mode == "drop" and request.transport is not None:
+            request.transport.close()
+        return _error(500, "CUDA out of memory")
+
+
+def _error(status: int, message: str) -> web.Response:
+    kind = "server_error" if status >= 500 else "invalid_request_error"
+    body = {"error": {"message": message, "type": kind, "param": None, "code": None}}
+    return web.Response(text=json.dumps(body), status=status, content_type="application/json")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[int, Switches]:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--capacity", type=int, default=16)
+    parser.add_argument("--latency-ms", type=float, default=250.0)
+    parser.add_argument("--jitter-ms", type=float, default=0.0)
+    parser.add_argument("--per-char", type=float, default=None, metavar="N")
+    parser.add_argument("--knee", type=float, default=math.inf)
+    parser.add_argument("--fail-mode", choices=("500", "drop"), default="500")
+    parser.add_argument("--fail-ms", type=float, default=None)
+    parser.add_argument("--queue", choices=("fifo", "ps"), default="fifo")
+    args = parser.parse_args(argv)
+    return args.port, Switches(
+        capacity=args.capacity,
+        latency_ms=args.latency_ms,
+        jitter_ms=args.jitter_ms,
+        per_char=args.per_char,
+        knee=args.knee,
+        fail_mode=args.fail_mode,
+        fail_ms=args.fail_ms,
+        queue=args.queue,
+    )
+
+
+async def _main(port: int, switches: Switches) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    runner = web.AppRunner(
+        FakeTTS(switches).app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0
+    )
+    await runner.setup()
+    try:
+        await web.SockSite(runner, sock, backlog=1024).start()
+        print(f"LISTENING {sock.getsockname()[1]}", flush=True)
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+        sock.close()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    port, switches = parse_args(argv)
+    asyncio.run(_main(port, switches))
+
+
+if __name__ == "__main__":
+    main()

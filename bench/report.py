@@ -1,0 +1,147 @@
+"""The results: a markdown table (Voxline, each peer, Voxline/peer ratios) and the adaptive
+scenario's plot."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Literal
+
+PEERS = ("gather", "faststream")
+NAMES = {"voxline": "Voxline", "gather": "gather-batch", "faststream": "FastStream"}
+Better = Literal["higher", "lower", ""]
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One figure of one scenario, for Voxline and (where they ran) the peers."""
+
+    scenario: str
+    figure: str
+    values: Mapping[str, float | None]
+    #: Which way is better; "" for figures that are not compared.
+    better: Better = "higher"
+    target: str = ""
+    digits: int = 1
+
+
+def _fmt(value: float | None, digits: int) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    return f"{value:,.{digits}f}"
+
+
+def _ratio(row: Row, peer: str) -> str:
+    ours, theirs = row.values.get("voxline"), row.values.get(peer)
+    if not row.better or ours is None or theirs is None or math.isnan(ours) or math.isnan(theirs):
+        return "—"
+    if theirs == 0:
+        return "∞" if ours > 0 else "—"
+    ratio = ours / theirs
+    ahead = ratio > 1 if row.better == "higher" else ratio < 1
+    return f"{ratio:.2f}" + (" ✓" if ahead else " ✗")
+
+
+def table(rows: Sequence[Row], peers: bool) -> str:
+    head = ["scenario", "figure", "Voxline"]
+    if peers:
+        head += [NAMES[p] for p in PEERS] + [f"Voxline/{NAMES[p]}" for p in PEERS]
+    head.append("target")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        cells = [row.scenario, row.figure, _fmt(row.values.get("voxline"), row.digits)]
+        if peers:
+            cells += [_fmt(row.values.get(p), row.digits) for p in PEERS]
+            cells += [_ratio(row, p) for p in PEERS]
+        cells.append(row.target)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+@dataclasses.dataclass(frozen=True)
+class Timeline:
+    """The adaptive run, relative to its first completion."""
+
+    goodput: Sequence[int]  # succeeded records per second
+    limits: Sequence[tuple[float, float]]  # (seconds, window limit)
+    capacity: Sequence[tuple[float, float]]  # (seconds, backend capacity C), steps
+    knee: float
+    failed_calls: Sequence[tuple[float, int]]  # (seconds, failed backend calls that second)
+    in_server: Sequence[tuple[float, int]]  # (seconds, most calls in the backend)
+    latency_s: float
+    best_fixed: float | None
+    peers: Mapping[str, Sequence[int]] = dataclasses.field(default_factory=dict)
+
+
+def plot(timeline: Timeline, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
+    seconds = [i + 0.5 for i in range(len(timeline.goodput))]
+    top.plot(seconds, timeline.goodput, label="Voxline adaptive: succeeded records/s", color="C0")
+    for i, (peer, series) in enumerate(timeline.peers.items()):
+        top.plot(
+            [s + 0.5 for s in range(len(series))],
+            series,
+            label=f"{NAMES[peer]} (window 32): succeeded records/s",
+            color=f"C{i + 2}",
+            alpha=0.6,
+            linewidth=1,
+        )
+    cap_t, cap_v = _steps(timeline.capacity, len(timeline.goodput))
+    top.plot(cap_t, [c / timeline.latency_s for c in cap_v], "k--", label="C / L (ideal)")
+    if timeline.best_fixed:
+        top.axhline(timeline.best_fixed, color="grey", linestyle=":", label="best fixed window")
+    if timeline.failed_calls:
+        top.bar(
+            [t + 0.5 for t, _ in timeline.failed_calls],
+            [n for _, n in timeline.failed_calls],
+            width=0.9,
+            color="C3",
+            alpha=0.5,
+            label="failed backend calls/s (Voxline)",
+        )
+    top.set_ylabel("per second")
+    top.legend(loc="lower left", fontsize=8)
+    top.set_title(title)
+    bottom.step(
+        [t for t, _ in timeline.limits],
+        [v for _, v in timeline.limits],
+        where="post",
+        label="window limit",
+        color="C0",
+    )
+    bottom.plot(cap_t, cap_v, "k--", label="backend capacity C")
+    bottom.plot(
+        cap_t, [math.floor(c * timeline.knee) for c in cap_v], "r:", label="knee (fails past)"
+    )
+    if timeline.in_server:
+        bottom.plot(
+            [t + 0.5 for t, _ in timeline.in_server],
+            [n for _, n in timeline.in_server],
+            color="C1",
+            alpha=0.5,
+            linewidth=1,
+            label="most calls in backend",
+        )
+    bottom.set_ylabel("concurrent calls")
+    bottom.set_xlabel("seconds since the first completion")
+    bottom.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _steps(changes: Sequence[tuple[float, float]], end: float) -> tuple[list[float], list[float]]:
+    times: list[float] = []
+    values: list[float] = []
+    for i, (t, v) in enumerate(changes):
+        until = changes[i + 1][0] if i + 1 < len(changes) else end
+        times += [t, until]
+        values += [v, v]
+    return times, values
