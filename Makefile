@@ -3,12 +3,12 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup demo test test-unit lint services-up services-down clean
+.PHONY: setup demo test test-unit lint bench bench-smoke services-up services-down clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	touch $@
 
 # Python deps, espeak-ng and ffmpeg (Debian) and the Kafka jars (Maven Central).
@@ -30,6 +30,14 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+# The benchmark table and plot in bench/results/ (about 15 minutes on 2 cores).
+bench: setup
+	$(BIN)/python -m bench.run
+
+# Every scenario, tiny: keeps the harness from rotting (CI runs it).
+bench-smoke: setup
+	$(BIN)/python -m bench.run --smoke
 
 services-up: setup
 	infra/up.sh

@@ -152,8 +152,8 @@ run_options = _options(
         envvar="VOXLINE_MAX_RECORDS",
         default=0,
         type=click.IntRange(0),
-        help="Records the consumer holds at once; 0 means 4x the sum of the backends' "
-        "windows (at least 64).",
+        help="Records the consumer holds at once; 0 means 2x the sum of the backends' "
+        "windows (at least 32).",
     ),
     _opt(
         "--max-uncommitted",

@@ -39,6 +39,12 @@ def outcome_of(error: BaseException | None) -> Outcome:
     return "error"
 
 
+#: Statuses a proxy or server gives when the backend behind it is down. A bare 500 is not
+#: among them: overloaded TTS servers answer 500 while alive, and that is the window's
+#: business (it shrinks), not the breaker's.
+OUTAGE_STATUSES = frozenset({502, 503, 504})
+
+
 def is_outage(error: BaseException | None) -> bool:
     """Failures that say the backend is down for everyone, not busy and not this request's."""
     if not isinstance(error, VoxlineError):
@@ -47,7 +53,7 @@ def is_outage(error: BaseException | None) -> bool:
         return True
     if not isinstance(error, Transient) or error.retry_after is not None:
         return False
-    return error.error_type in ("connect", "timeout") or (error.http_status or 0) >= 500
+    return error.error_type in ("connect", "timeout") or error.http_status in OUTAGE_STATUSES
 
 
 @dataclasses.dataclass(slots=True)

@@ -65,7 +65,7 @@ class Settings:
     max_in_flight: int = 8
     #: Let each backend's window find its capacity between 1 and ``max_in_flight``.
     adaptive: bool = False
-    #: Records the consumer holds at once; 0: 4x the sum of the backends' windows (min 64).
+    #: Records the consumer holds at once; 0: 2x the sum of the backends' windows (min 32).
     max_records: int = 0
     #: Records of one partition started but not yet committed before it is paused: bounds
     #: what a crash makes us redo when one slow record holds the commit back.

@@ -24,7 +24,7 @@ def test_the_example_file_declares_every_family() -> None:
     assert conf.backends["fish"].api_key == "s3cr3t-key"
     assert "s3cr3t-key" not in repr(conf.backends["fish"]), "keys stay out of reprs and logs"
     assert conf.references.allowed_buckets == {"voxline-refs"}
-    assert conf.record_window == 4 * (2 + 16 + 2 + 8 + 4)
+    assert conf.record_window == 2 * (2 + 16 + 2 + 8 + 4)
 
 
 def test_environment_gives_one_backend() -> None:
@@ -38,7 +38,7 @@ def test_environment_gives_one_backend() -> None:
     )
     (only,) = conf.backends.values()
     assert (only.kind, only.max_in_flight, only.text_limit) == ("openai", 6, 4096)
-    assert conf.record_window == 64
+    assert conf.record_window == 32
 
 
 def minimal(**backend: Any) -> dict[str, Any]:
