@@ -132,7 +132,12 @@ class Pipeline:
         started = time.monotonic()
         rlog = log.bind(topic=record.topic, partition=record.partition, offset=record.offset)
         try:
-            request = parse_request(record.value, max_text_chars=self.settings.max_text_chars)
+            request = parse_request(
+                record.value,
+                max_text_chars=self.settings.max_text_chars,
+                # Room for the longest allowed text in UTF-8 plus the other fields.
+                max_record_bytes=max(256 * 1024, 4 * self.settings.max_text_chars + 65536),
+            )
             self.metrics.observe_stage("decode", time.monotonic() - started)
         except InvalidInput as exc:
             request_id = request_id_of(

@@ -65,6 +65,8 @@ MAX_MESSAGE_CHARS = 300
 #: Defaults of the operator limits (the contract's "20,000" and "4 KiB").
 DEFAULT_MAX_TEXT_CHARS = 20_000
 DEFAULT_MAX_METADATA_BYTES = 4096
+#: A request is JSON around at most 20,000 characters of text (up to 4 bytes each in UTF-8).
+DEFAULT_MAX_RECORD_BYTES = 256 * 1024
 
 _SCHEMA = load_schema("request.v1.json")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -91,14 +93,23 @@ def parse_request(
     *,
     max_text_chars: int = DEFAULT_MAX_TEXT_CHARS,
     max_metadata_bytes: int = DEFAULT_MAX_METADATA_BYTES,
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
 ) -> Request:
     """Decode and validate a request record's value into a ``Request``.
 
-    Raises ``InvalidInput`` and nothing else: at stage ``decode`` (error types ``not_utf8``,
-    ``not_json``, ``not_object``) or ``validate`` (``schema``, ``text_too_long``,
-    ``metadata_too_large``), with a message of at most ``MAX_MESSAGE_CHARS`` characters that
-    names the offending field as a JSON path where there is one.
+    Raises ``InvalidInput`` and nothing else: at stage ``decode`` (error types
+    ``record_too_large``, ``not_utf8``, ``not_json``, ``not_object``) or ``validate``
+    (``schema``, ``text_too_long``, ``metadata_too_large``), with a message of at most
+    ``MAX_MESSAGE_CHARS`` characters that names the offending field as a JSON path where there
+    is one.
     """
+    if value is not None and len(value) > max_record_bytes:
+        # Checked before decoding: a huge record costs nothing to refuse.
+        raise InvalidInput(
+            f"$: record is {len(value)} bytes, more than the {max_record_bytes} allowed",
+            stage=Stage.DECODE,
+            error_type="record_too_large",
+        )
     doc = _decode(value)
     _validate(doc)
     _check_limits(doc, max_text_chars, max_metadata_bytes)

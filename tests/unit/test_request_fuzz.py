@@ -18,7 +18,7 @@ from processor.request import Request, best_effort_request_id, parse_request
 from processor.schemas_loader import load_schema
 
 ERROR_TYPES = {
-    Stage.DECODE: {"not_utf8", "not_json", "not_object"},
+    Stage.DECODE: {"record_too_large", "not_utf8", "not_json", "not_object"},
     Stage.VALIDATE: {"schema", "text_too_long", "metadata_too_large"},
 }
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -283,3 +283,12 @@ def test_odd_json_is_a_decode_error(raw: bytes) -> None:
     result = outcome(raw)
     assert isinstance(result, InvalidInput)
     assert result.stage is Stage.DECODE
+
+
+def test_an_oversized_record_is_refused_before_decoding() -> None:
+    value = b'{"request_id": "big", "text": "' + b"a" * 300_000 + b'"}'
+    with pytest.raises(InvalidInput) as err:
+        parse_request(value, max_text_chars=1_000_000, max_record_bytes=256 * 1024)
+    assert err.value.error_type == "record_too_large"
+    assert err.value.stage is Stage.DECODE
+    assert parse_request(value, max_text_chars=1_000_000, max_record_bytes=400_000).text
