@@ -39,12 +39,6 @@ def outcome_of(error: BaseException | None) -> Outcome:
     return "error"
 
 
-#: Statuses a proxy or server gives when the backend behind it is down. A bare 500 is not
-#: among them: overloaded TTS servers answer 500 while alive, and that is the window's
-#: business (it shrinks), not the breaker's.
-OUTAGE_STATUSES = frozenset({502, 503, 504})
-
-
 def is_outage(error: BaseException | None) -> bool:
     """Failures that say the backend is down for everyone, not busy and not this request's."""
     if not isinstance(error, VoxlineError):
@@ -53,7 +47,10 @@ def is_outage(error: BaseException | None) -> bool:
         return True
     if not isinstance(error, Transient) or error.retry_after is not None:
         return False
-    return error.error_type in ("connect", "timeout") or error.http_status in OUTAGE_STATUSES
+    # A run of 5xx across many requests is an outage too (a bare 500 included: many TTS servers
+    # answer nothing else when broken). Past-capacity 500s mostly come with a window set too
+    # large by hand; the adaptive window keeps them rare.
+    return error.error_type in ("connect", "timeout") or (error.http_status or 0) >= 500
 
 
 @dataclasses.dataclass(slots=True)

@@ -54,7 +54,7 @@ def t(
         (t(429, retry_after=1.0), "overload", False),
         (t(503, retry_after=2.0), "overload", False),
         (t(503), "overload", True),
-        (t(500), "error", False),
+        (t(500), "error", True),
         (t(502), "error", True),
         (Systemic("down", stage=Stage.SYNTHESIZE, http_status=401), "error", True),
         (Permanent("bad", stage=Stage.SYNTHESIZE, http_status=422), "ok", False),
