@@ -58,7 +58,7 @@ import msgpack  # type: ignore[import-untyped]  # no stubs or py.typed
 
 from processor.backends.base import Audio, ReferenceAudio, ReferenceLoader
 from processor.backends.openai import error_message as openai_error_message
-from processor.backends.openai import measure
+from processor.backends.openai import measure, read_body
 from processor.classify import error_for_status
 from processor.errors import InvalidInput, Permanent, Stage, Systemic, Transient, VoxlineError
 from processor.request import Request
@@ -243,7 +243,7 @@ class FishSpeechBackend:
             async with self._client.stream(
                 "POST", self._url, content=content, headers=headers
             ) as response:
-                data = await _read(response)
+                data = await read_body(response)
         except httpx.TimeoutException as exc:
             raise _transient(f"timed out: {type(exc).__name__}", "timeout") from exc
         except httpx.TransportError as exc:
@@ -255,34 +255,6 @@ class FishSpeechBackend:
         raise error_for_response(
             response.status_code, error_message(data), response.headers.get("Retry-After")
         )
-
-
-async def _read(response: httpx.Response) -> bytes:
-    """The body; a connection dropped after the headers is a truncated body."""
-    try:
-        data = await response.aread()
-    except httpx.TimeoutException:
-        raise
-    except httpx.TransportError as exc:
-        if not response.is_success:
-            return b""  # the status says enough; a cut error message is no loss
-        raise _transient(
-            f"empty/truncated body: {exc or type(exc).__name__}", "truncated", response.status_code
-        ) from exc
-    expected = response.headers.get("Content-Length")
-    if (
-        response.is_success
-        and expected is not None
-        and expected.isdigit()
-        and "Content-Encoding" not in response.headers
-        and len(data) < int(expected)
-    ):
-        raise _transient(
-            f"empty/truncated body: {len(data)} of {expected} bytes",
-            "truncated",
-            response.status_code,
-        )
-    return data
 
 
 def _validation_message(errors: list[object]) -> str:

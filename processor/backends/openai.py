@@ -113,6 +113,35 @@ def _transient(message: str, error_type: str, http_status: int | None = None) ->
     )
 
 
+async def read_body(response: httpx.Response) -> bytes:
+    """The body; a connection dropped after the headers, or a body shorter than its
+    Content-Length, is a truncated body (transient). Shared by the HTTP adapters."""
+    try:
+        data = await response.aread()
+    except httpx.TimeoutException:
+        raise
+    except httpx.TransportError as exc:
+        if not response.is_success:
+            return b""  # the status says enough; a cut error message is no loss
+        raise _transient(
+            f"empty/truncated body: {exc or type(exc).__name__}", "truncated", response.status_code
+        ) from exc
+    expected = response.headers.get("Content-Length")
+    if (
+        response.is_success
+        and expected is not None
+        and expected.isdigit()
+        and "Content-Encoding" not in response.headers
+        and len(data) < int(expected)
+    ):
+        raise _transient(
+            f"empty/truncated body: {len(data)} of {expected} bytes",
+            "truncated",
+            response.status_code,
+        )
+    return data
+
+
 def measure(data: bytes, request: Request, *, pcm_rate: int, http_status: int) -> Audio:
     """Audio from a 2xx body, or ``Transient`` when the body is empty or not whole."""
     if not data:
@@ -198,7 +227,7 @@ class OpenAIBackend:
             async with self._client.stream(
                 "POST", self._url, json=body, headers=self._headers
             ) as response:
-                data = await self._read(response)
+                data = await read_body(response)
         except httpx.TimeoutException as exc:
             raise _transient(f"timed out: {type(exc).__name__}", "timeout") from exc
         except httpx.TransportError as exc:
@@ -216,33 +245,3 @@ class OpenAIBackend:
         if error is None:  # pragma: no cover - every non-2xx status maps to an error
             raise _transient(f"unexpected HTTP {response.status_code}", "http_unexpected")
         raise error
-
-    @staticmethod
-    async def _read(response: httpx.Response) -> bytes:
-        """The body; a connection dropped after the headers is a truncated body."""
-        try:
-            data = await response.aread()
-        except httpx.TimeoutException:
-            raise
-        except httpx.TransportError as exc:
-            if not response.is_success:
-                return b""  # the status says enough; a cut error message is no loss
-            raise _transient(
-                f"empty/truncated body: {exc or type(exc).__name__}",
-                "truncated",
-                response.status_code,
-            ) from exc
-        expected = response.headers.get("Content-Length")
-        if (
-            expected is not None
-            and expected.isdigit()
-            and "Content-Encoding" not in response.headers
-            and len(data) < int(expected)
-            and response.is_success
-        ):
-            raise _transient(
-                f"empty/truncated body: {len(data)} of {expected} bytes",
-                "truncated",
-                response.status_code,
-            )
-        return data

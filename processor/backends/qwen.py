@@ -65,7 +65,7 @@ from types import MappingProxyType
 import httpx
 
 from processor.backends.base import Audio, ReferenceAudio, ReferenceLoader
-from processor.backends.openai import error_message, measure
+from processor.backends.openai import error_message, measure, read_body
 from processor.classify import error_for_status
 from processor.errors import InvalidInput, Stage, Transient, VoxlineError
 from processor.request import Request
@@ -276,7 +276,7 @@ class QwenTTSBackend:
             async with self._client.stream(
                 "POST", self._url, json=body, headers=self._headers
             ) as response:
-                data = await _read(response)
+                data = await read_body(response)
         except httpx.TimeoutException as exc:
             raise _transient(f"timed out: {type(exc).__name__}", "timeout") from exc
         except httpx.TransportError as exc:
@@ -313,34 +313,6 @@ def _task_fields(request: Request, default_speaker: str) -> JsonBody:
     if voice.description is not None:
         fields["instructions"] = voice.description
     return fields
-
-
-async def _read(response: httpx.Response) -> bytes:
-    """The body; a connection dropped after the headers is a truncated body."""
-    try:
-        data = await response.aread()
-    except httpx.TimeoutException:
-        raise
-    except httpx.TransportError as exc:
-        if not response.is_success:
-            return b""  # the status says enough; a cut error message is no loss
-        raise _transient(
-            f"empty/truncated body: {exc or type(exc).__name__}", "truncated", response.status_code
-        ) from exc
-    expected = response.headers.get("Content-Length")
-    if (
-        response.is_success
-        and expected is not None
-        and expected.isdigit()
-        and "Content-Encoding" not in response.headers
-        and len(data) < int(expected)
-    ):
-        raise _transient(
-            f"empty/truncated body: {len(data)} of {expected} bytes",
-            "truncated",
-            response.status_code,
-        )
-    return data
 
 
 def _number(value: object, field: str) -> float:
