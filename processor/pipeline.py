@@ -79,6 +79,13 @@ def _ms(seconds: float) -> int:
     return max(0, round(seconds * 1000))
 
 
+def _join(parts: list[Audio]) -> Audio:
+    """Chunks' WAVs in order, silence between them, measured from the joined bytes."""
+    wav = join_wavs([p.data for p in parts])
+    info = wav_info(wav)
+    return Audio(wav, "wav", info.sample_rate, info.channels, info.duration_ms)
+
+
 class _Outcome(Exception):
     """Carries a routed failure out of the stages to ``handle``."""
 
@@ -226,9 +233,9 @@ class Pipeline:
             ]
         else:
             parts = await self._chunks(route, base, texts, tally, rlog)
-        wav = parts[0].data if len(parts) == 1 else join_wavs([p.data for p in parts])
+        joined = parts[0] if len(parts) == 1 else _join(parts)
         try:
-            audio = await self._finish_audio(wav, request, rlog)
+            audio = await self._finish_audio(joined, request, rlog)
         except Permanent as exc:
             raise _Outcome(exc) from exc
         return audio, len(parts), time.monotonic() - t0
@@ -253,12 +260,12 @@ class Pipeline:
                 raise failure
         return [call.result() for call in calls]
 
-    async def _finish_audio(self, wav: bytes, request: Request, rlog: Logger) -> Audio:
-        info = wav_info(wav)
-        if request.format == "wav" and request.sample_rate in (None, info.sample_rate):
-            return Audio(wav, "wav", info.sample_rate, info.channels, info.duration_ms)
+    async def _finish_audio(self, wav: Audio, request: Request, rlog: Logger) -> Audio:
+        """The requested format and rate; the backend's WAV (already measured) if it is that."""
+        if request.format == "wav" and request.sample_rate in (None, wav.sample_rate):
+            return wav
         return await self._until_done(
-            lambda: transcode(wav, request.format, sample_rate=request.sample_rate), rlog
+            lambda: transcode(wav.data, request.format, sample_rate=request.sample_rate), rlog
         )
 
     async def _chunk(self, route: Route, request: Request, tally: _Tally, rlog: Logger) -> Audio:
