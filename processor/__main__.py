@@ -1,3 +1,3 @@
-from processor.cli import main
+from processor.ops.cli import main
 
 main()

@@ -16,16 +16,16 @@ from processor import config as cfg
 from processor.backends.base import Backend, ReferenceLoader
 from processor.breaker import Breaker, BreakerConfig
 from processor.gate import Gate
+from processor.kafka.sink import KafkaSink
+from processor.kafka.topics import ensure_topics
 from processor.limiter import AdaptiveLimit, LimiterConfig, StaticLimit
 from processor.observability import Health, Metrics, serve_http
 from processor.pipeline import Pipeline
-from processor.publisher import KafkaSink
 from processor.references import S3ReferenceLoader
 from processor.routes import Route
 from processor.runner import Runner
 from processor.settings import Settings
 from processor.store import S3Store
-from processor.topics import ensure_topics
 
 log = structlog.get_logger("voxline")
 

@@ -9,16 +9,15 @@ import dataclasses
 import datetime as dt
 import json
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 from processor.errors import Reason, Stage
+from processor.kafka.headers import Headers, RawHeaders, header_value, without
 
 SUCCEEDED_TYPE = "io.voxline.synthesis.succeeded.v1"
 FAILED_TYPE = "io.voxline.synthesis.failed.v1"
 _ID_NAMESPACE = uuid.UUID("6f1d3c52-5a0e-4f43-9a55-6b1c0f7d9e21")
 MAX_ERROR_MESSAGE_BYTES = 1024
-
-Headers = list[tuple[str, bytes]]
 
 
 def event_id(subject: str, status: str) -> str:
@@ -140,18 +139,15 @@ class Failure:
 _DROPPED_PREFIXES = ("dlq.", "traceparent", "tracestate", "baggage")
 
 
-def replay_count(headers: Sequence[tuple[str, bytes]]) -> int:
-    for name, value in headers:
-        if name == "dlq.replay_count":
-            try:
-                return max(0, int(value.decode()))
-            except (UnicodeDecodeError, ValueError):
-                return 0
-    return 0
+def replay_count(headers: RawHeaders) -> int:
+    try:
+        return max(0, int(header_value(headers, "dlq.replay_count") or 0))
+    except ValueError:
+        return 0
 
 
 def dead_letter_headers(
-    original: Sequence[tuple[str, bytes]],
+    original: RawHeaders,
     *,
     topic: str,
     partition: int,
@@ -163,7 +159,7 @@ def dead_letter_headers(
 ) -> Headers:
     """Original headers minus earlier ``dlq.*`` and trace headers, plus ours. The replay
     count is carried over so a record that keeps failing keeps counting."""
-    kept = [(k, v) for k, v in original if not k.lower().startswith(_DROPPED_PREFIXES)]
+    kept = without(original, _DROPPED_PREFIXES)
     added = {
         "dlq.original.topic": topic,
         "dlq.original.partition": str(partition),
@@ -185,8 +181,8 @@ def dead_letter_headers(
     return kept + [(k, v.encode()) for k, v in added.items()]
 
 
-def replay_headers(dead_letter: Sequence[tuple[str, bytes]]) -> Headers:
+def replay_headers(dead_letter: RawHeaders) -> Headers:
     """Headers for resending a dead letter: the original ones, and the bumped replay count."""
     count = replay_count(dead_letter) + 1
-    kept = [(k, v) for k, v in dead_letter if not k.startswith("dlq.")]
+    kept = without(dead_letter, ("dlq.",))
     return [*kept, ("dlq.replay_count", str(count).encode())]

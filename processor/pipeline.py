@@ -11,7 +11,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar
 
 import stamina
@@ -44,8 +44,9 @@ from processor.events import (
     failed_body,
     succeeded_body,
 )
+from processor.kafka.records import Record
+from processor.kafka.sink import EventSink
 from processor.observability import Metrics
-from processor.publisher import EventSink
 from processor.request import Request, parse_request, request_id_of
 from processor.routes import Route
 from processor.settings import Settings
@@ -56,19 +57,6 @@ Logger = structlog.typing.FilteringBoundLogger
 
 T = TypeVar("T")
 log = structlog.get_logger("voxline.pipeline")
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Record:
-    """A consumed record, copied out of the Kafka client's type at the edge."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    timestamp_ms: int
-    headers: Sequence[tuple[str, bytes]] = ()
 
 
 def _now() -> dt.datetime:

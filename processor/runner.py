@@ -7,32 +7,19 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Iterable
-from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
-from processor.kafka_options import connection_options
+from processor.kafka.options import connection_options
+from processor.kafka.records import Record, to_record
 from processor.observability import Health, Metrics
 from processor.offsets import OffsetTracker
-from processor.pipeline import Pipeline, Record
+from processor.pipeline import Pipeline
 from processor.settings import Settings
 
 log = structlog.get_logger("voxline.runner")
-
-
-def to_record(msg: Any) -> Record:
-    """Copy an aiokafka ConsumerRecord into our frozen value type."""
-    return Record(
-        topic=msg.topic,
-        partition=msg.partition,
-        offset=msg.offset,
-        key=msg.key,
-        value=msg.value,
-        timestamp_ms=msg.timestamp,
-        headers=tuple(msg.headers or ()),
-    )
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]

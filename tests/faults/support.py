@@ -23,12 +23,12 @@ from urllib.parse import urlsplit
 import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from processor.client import end_offsets
 from processor.errors import InvalidInput
-from processor.reconcile import Report, reconcile
+from processor.kafka.records import end_offsets
+from processor.kafka.topics import ensure_topics
+from processor.ops.reconcile import Report, reconcile
 from processor.request import parse_request
 from processor.settings import Settings
-from processor.topics import ensure_topics
 from tests.integration.harness import unique_settings
 from tests.integration.services import Services
 

@@ -1,7 +1,7 @@
 """Nothing lost under faults: ``voxline run`` processes against the real broker and store, a
 fake backend in its own process, a fault per scenario, and the accounting check at the end.
 
-Every scenario ends with ``processor.reconcile.reconcile`` (content verified: every object
+Every scenario ends with ``processor.ops.reconcile.reconcile`` (content verified: every object
 downloaded and hashed) and asserts that no request was lost, none has conflicting outcomes,
 every succeeded event has its whole object and every failed one its dead letter. The figures
 go to the results file (``support.results_path()``) and to the terminal. See README.md.
@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from processor.client import read_dead_letters
-from processor.reconcile import Report, reconcile
+from processor.ops.client import read_dead_letters
+from processor.ops.reconcile import Report, reconcile
 from tests.faults import support
 from tests.faults.support import Drill, drill, infra, produce, valid_requests
 from tests.integration.services import Services

@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from processor.app import serve
 from processor.backends.base import Backend
-from processor.client import end_offsets
+from processor.kafka.records import end_offsets
 from processor.runner import Runner
 from processor.settings import KafkaSettings, RetrySettings, Settings, StoreSettings
 from tests.integration.services import Services

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from processor.client import read_dead_letters, replay
+from processor.ops.client import read_dead_letters, replay
 from tests.fakes.openai_server import running_fake
 from tests.integration.harness import (
     Msg,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from processor.kafka_options import connection_options
+from processor.kafka.options import connection_options
 from processor.settings import KafkaSettings
 
 

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from rich.console import Console
 
-from processor.reconcile import (
+from processor.ops.reconcile import (
     DeadLetterRef,
     Letter,
     Outcome,

@@ -8,8 +8,8 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from processor.errors import Stage, Systemic
-from processor.events import Headers
-from processor.kafka_options import connection_options
+from processor.kafka.headers import Headers
+from processor.kafka.options import connection_options
 from processor.settings import KafkaSettings
 
 

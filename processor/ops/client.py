@@ -10,10 +10,11 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from processor.events import replay_headers
-from processor.kafka_options import connection_options
+from processor.kafka.options import connection_options
+from processor.kafka.records import end_offsets
 from processor.settings import KafkaSettings
 
 
@@ -51,17 +52,6 @@ def requests_from_lines(lines: Iterable[str], *, id_prefix: str | None = None) -
             body = {"request_id": rid, "text": line}
             out.append(Outgoing(rid, json.dumps(body, ensure_ascii=False).encode()))
     return out
-
-
-async def end_offsets(consumer: AIOKafkaConsumer, topic: str) -> dict[TopicPartition, int]:
-    parts = consumer.partitions_for_topic(topic)
-    if not parts:
-        await consumer._client.force_metadata_update()  # topic may be new
-        parts = consumer.partitions_for_topic(topic) or set()
-    tps = [TopicPartition(topic, p) for p in sorted(parts)]
-    if not tps:
-        return {}
-    return dict(await consumer.end_offsets(tps))
 
 
 class CompletionFollower:

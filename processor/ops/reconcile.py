@@ -41,8 +41,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from rich.console import Console
 from rich.table import Table
 
-from processor.client import end_offsets
-from processor.kafka_options import SASL_MECHANISMS, SECURITY_PROTOCOLS, connection_options
+from processor.kafka.options import SASL_MECHANISMS, SECURITY_PROTOCOLS, connection_options
+from processor.kafka.records import end_offsets
 from processor.request import request_id_of
 from processor.settings import KafkaSettings, StoreSettings
 

@@ -9,7 +9,7 @@ import structlog
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from processor.kafka_options import connection_options
+from processor.kafka.options import connection_options
 from processor.settings import KafkaSettings
 
 log = structlog.get_logger("voxline.topics")

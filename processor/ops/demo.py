@@ -16,7 +16,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from processor.client import CompletionFollower, Outgoing, produce
+from processor.ops.client import CompletionFollower, Outgoing, produce
 from processor.runner import Runner
 from processor.settings import KafkaSettings, Settings, StoreSettings
 

@@ -347,7 +347,7 @@ def _progress() -> Progress:
 @click.option("--id-prefix", default=None, help="request_id prefix for plain-text lines.")
 def submit(file: Any, wait: bool, timeout: float, id_prefix: str | None, **kw: Any) -> None:
     """Send requests from FILE (JSON Lines, or plain text one request a line; - = stdin)."""
-    from processor.client import SubmitError, requests_from_lines
+    from processor.ops.client import SubmitError, requests_from_lines
 
     try:
         requests = requests_from_lines(file, id_prefix=id_prefix)
@@ -361,7 +361,7 @@ def submit(file: Any, wait: bool, timeout: float, id_prefix: str | None, **kw: A
 
 
 async def _submit(kafka: KafkaSettings, requests: list[Any], wait: bool, timeout: float) -> int:
-    from processor.client import CompletionFollower, produce
+    from processor.ops.client import CompletionFollower, produce
 
     follower = CompletionFollower(kafka) if wait else None
     if follower:
@@ -443,7 +443,7 @@ def _aware(moment: dt.datetime | None) -> dt.datetime | None:
 
 
 def _selected(kw: dict[str, Any]) -> list[Any]:
-    from processor.client import DeadLetterFilter, read_dead_letters
+    from processor.ops.client import DeadLetterFilter, read_dead_letters
 
     chosen = DeadLetterFilter(
         reasons=frozenset(kw.pop("reasons")),
@@ -504,7 +504,7 @@ def dlq_list(as_json: bool, **kw: Any) -> None:
 @click.option("--dry-run", is_flag=True, help="Show what would be replayed; send nothing.")
 def dlq_replay(dry_run: bool, **kw: Any) -> None:
     """Resend dead letters to their original topic (fix the cause first)."""
-    from processor.client import replay
+    from processor.ops.client import replay
 
     filters = ("reasons", "error_types", "request_ids", "since", "until")
     kafka_kw = {k: v for k, v in kw.items() if k not in filters}
@@ -530,7 +530,7 @@ def dlq_replay(dry_run: bool, **kw: Any) -> None:
 def demo(ctx: click.Context, keep_services: bool) -> None:
     """The whole pipeline on this machine: local broker and store, espeak-ng, sample
     requests in English, Chinese and Japanese plus two invalid ones."""
-    from processor.demo import run_demo
+    from processor.ops.demo import run_demo
 
     parent = ctx.parent
     if parent is not None and parent.get_parameter_source("log_level") in (
@@ -544,7 +544,7 @@ def demo(ctx: click.Context, keep_services: bool) -> None:
 
 
 def _register_reconcile() -> None:
-    from processor.reconcile import reconcile_command
+    from processor.ops.reconcile import reconcile_command
 
     main.add_command(reconcile_command)
 
