@@ -30,24 +30,6 @@ from processor.store import S3Store
 log = structlog.get_logger("voxline")
 
 
-def backends_config(settings: Settings) -> cfg.BackendsConfig:
-    """The config file's backends, or the one ``VOXLINE_BACKEND`` names."""
-    if settings.config_path:
-        return cfg.load(settings.config_path)
-    return cfg.from_environment(
-        backend=settings.backend,
-        url=settings.backend_url,
-        api_key=settings.backend_api_key,
-        max_in_flight=settings.max_in_flight,
-        retry_attempts=settings.retry.attempts,
-        retry_timeout_s=settings.retry.timeout_s,
-        adaptive=settings.adaptive,
-        max_records=settings.max_records,
-        reference_buckets=settings.reference_buckets,
-        timeout_s=settings.backend_timeout_s,
-    )
-
-
 def build_backend(conf: cfg.BackendConfig, references: ReferenceLoader | None) -> Backend:
     """One adapter from its config; kind-specific ``options`` go to its constructor."""
     opts: dict[str, Any] = dict(conf.options)
@@ -136,7 +118,7 @@ async def running_pipeline(
 ) -> AsyncIterator[tuple[Pipeline, int]]:
     """Backends, store and sink opened (and closed again) around a pipeline; also yields the
     consumer's record window."""
-    conf = backends_config(settings)
+    conf = settings.backends
     references = S3ReferenceLoader(
         settings.store.endpoint_url,
         settings.store.region,

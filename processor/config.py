@@ -100,32 +100,30 @@ class BackendsConfig:
         return max(32, 2 * sum(b.max_in_flight for b in self.backends.values()))
 
 
-def from_environment(
+def single_backend(
+    kind: str = "espeak",
     *,
-    backend: str,
-    url: str | None,
-    api_key: str | None,
-    max_in_flight: int,
-    retry_attempts: int,
-    retry_timeout_s: float,
+    url: str | None = None,
+    api_key: str | None = None,
+    max_in_flight: int = 8,
     adaptive: bool = False,
+    timeout_s: float = 120.0,
+    retry_attempts: int = 5,
+    retry_timeout_s: float = 60.0,
     max_records: int = 0,
     reference_buckets: frozenset[str] = frozenset(),
-    timeout_s: float = 120.0,
 ) -> BackendsConfig:
-    """The single backend ``VOXLINE_BACKEND`` names, when there is no config file."""
-    if backend not in KINDS:
-        raise ConfigError(
-            f"VOXLINE_BACKEND: unknown backend {backend!r} (known: {', '.join(KINDS)})"
-        )
-    if backend != "espeak" and not url:
-        raise ConfigError(f"VOXLINE_BACKEND={backend} needs VOXLINE_BACKEND_URL")
+    """The one backend ``VOXLINE_BACKEND`` names, when there is no config file."""
+    if kind not in KINDS:
+        raise ConfigError(f"VOXLINE_BACKEND: unknown backend {kind!r} (known: {', '.join(KINDS)})")
+    if kind != "espeak" and not url:
+        raise ConfigError(f"VOXLINE_BACKEND={kind} needs VOXLINE_BACKEND_URL")
     cfg = BackendConfig(
-        name=backend,
-        kind=backend,
+        name=kind,
+        kind=kind,
         url=url,
         api_key=api_key,
-        text_limit=DEFAULT_TEXT_LIMITS[backend],
+        text_limit=DEFAULT_TEXT_LIMITS[kind],
         timeout_s=timeout_s,
         max_in_flight=max_in_flight,
         initial_in_flight=min(4, max_in_flight),
@@ -134,8 +132,8 @@ def from_environment(
         retry_timeout_s=retry_timeout_s,
     )
     return BackendsConfig(
-        default=backend,
-        backends={backend: cfg},
+        default=kind,
+        backends={kind: cfg},
         references=ReferenceConfig(allowed_buckets=reference_buckets),
         max_records=max_records,
     )

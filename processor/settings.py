@@ -1,5 +1,5 @@
-"""Settings as one frozen value. Only the CLI (the composition root) builds it from the
-environment and flags; everything else receives it."""
+"""Settings as one frozen value. Only the CLI builds it from the environment, flags and the
+config file; everything else receives it."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import dataclasses
 import socket
 
 from processor import PROCESSOR_NAME, __version__
+from processor.config import BackendsConfig, single_backend
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -41,10 +42,8 @@ class StoreSettings:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class RetrySettings:
-    #: Backend calls per record, the first included.
-    attempts: int = 5
-    #: Seconds a record may spend retrying transient backend failures.
-    timeout_s: float = 60.0
+    """Pacing of retries; how many and for how long is each backend's (``BackendConfig``)."""
+
     wait_initial_s: float = 0.5
     wait_max_s: float = 10.0
     #: Ceiling of the wait between tries while a dependency is down for everyone.
@@ -53,27 +52,17 @@ class RetrySettings:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Settings:
+    """The whole configuration tree: flags, environment and ``VOXLINE_CONFIG`` end up here."""
+
     kafka: KafkaSettings = KafkaSettings()
     store: StoreSettings = StoreSettings()
     retry: RetrySettings = RetrySettings()
-    backend: str = "espeak"
-    backend_url: str | None = None
-    backend_api_key: str | None = dataclasses.field(default=None, repr=False)
-    #: Seconds one backend call may take.
-    backend_timeout_s: float = 120.0
-    #: Concurrent calls per backend (the window); the adaptive window's ceiling.
-    max_in_flight: int = 8
-    #: Let each backend's window find its capacity between 1 and ``max_in_flight``.
-    adaptive: bool = False
-    #: Records the consumer holds at once; 0: 2x the sum of the backends' windows (min 32).
-    max_records: int = 0
+    #: The named backends, their windows and limits (``VOXLINE_CONFIG``, or the single
+    #: backend ``VOXLINE_BACKEND`` names).
+    backends: BackendsConfig = dataclasses.field(default_factory=single_backend)
     #: Records of one partition started but not yet committed before it is paused: bounds
     #: what a crash makes us redo when one slow record holds the commit back.
     max_uncommitted: int = 1000
-    #: Buckets reference audio (voice clones) may be read from.
-    reference_buckets: frozenset[str] = frozenset()
-    #: A TOML file declaring several named backends (``processor.config``).
-    config_path: str | None = None
     max_text_chars: int = 20_000
     #: Seconds to let in-flight work finish on SIGTERM or when partitions are revoked.
     drain_timeout_s: float = 20.0

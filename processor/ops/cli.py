@@ -15,8 +15,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from processor import __version__, logs
-from processor.settings import KafkaSettings, RetrySettings, Settings, StoreSettings
+from processor import __version__, config, logs
+from processor.config import BackendsConfig
+from processor.settings import KafkaSettings, Settings, StoreSettings
 
 F = TypeVar("F", bound=Callable[..., Any])
 # Piped output gets a wide table rather than rich's 80-column default.
@@ -237,6 +238,25 @@ run_options = _options(
 )
 
 
+def _backends(kw: dict[str, Any]) -> BackendsConfig:
+    if kw.get("config_path"):
+        return config.load(kw["config_path"])
+    return config.single_backend(
+        kw.get("backend", "espeak"),
+        url=kw.get("backend_url"),
+        api_key=kw.get("backend_api_key"),
+        max_in_flight=kw.get("max_in_flight", 8),
+        adaptive=kw.get("adaptive", False),
+        timeout_s=kw.get("backend_timeout", 120.0),
+        retry_attempts=kw.get("retry_attempts", 5),
+        retry_timeout_s=kw.get("retry_timeout", 60.0),
+        max_records=kw.get("max_records", 0),
+        reference_buckets=frozenset(
+            b.strip() for b in kw.get("reference_buckets", "").split(",") if b.strip()
+        ),
+    )
+
+
 def _settings(**kw: Any) -> Settings:
     return Settings(
         kafka=KafkaSettings(
@@ -261,21 +281,8 @@ def _settings(**kw: Any) -> Settings:
             prefix=kw.get("s3_prefix", ""),
             region=kw.get("aws_region"),
         ),
-        retry=RetrySettings(
-            attempts=kw.get("retry_attempts", 5), timeout_s=kw.get("retry_timeout", 60.0)
-        ),
-        backend=kw.get("backend", "espeak"),
-        backend_url=kw.get("backend_url"),
-        backend_api_key=kw.get("backend_api_key"),
-        max_in_flight=kw.get("max_in_flight", 8),
-        backend_timeout_s=kw.get("backend_timeout", 120.0),
-        adaptive=kw.get("adaptive", False),
-        max_records=kw.get("max_records", 0),
+        backends=_backends(kw),
         max_uncommitted=kw.get("max_uncommitted", 1000),
-        reference_buckets=frozenset(
-            b.strip() for b in kw.get("reference_buckets", "").split(",") if b.strip()
-        ),
-        config_path=kw.get("config_path"),
         max_text_chars=kw.get("max_text_chars", 20_000),
         drain_timeout_s=kw.get("drain_timeout", 20.0),
         http_host=kw.get("http_host", "127.0.0.1"),

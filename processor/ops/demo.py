@@ -16,6 +16,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from processor.config import single_backend
 from processor.ops.client import CompletionFollower, Outgoing, produce
 from processor.runner import Runner
 from processor.settings import KafkaSettings, Settings, StoreSettings
@@ -101,8 +102,7 @@ async def _demo(console: Console) -> int:
         store=StoreSettings(
             endpoint_url="http://127.0.0.1:8333", bucket="voxline-audio", region="us-east-1"
         ),
-        backend="espeak",
-        max_in_flight=4,
+        backends=single_backend("espeak", max_in_flight=4),
     )
     from processor.app import serve
 

@@ -15,15 +15,26 @@ from typing import Any
 import aioboto3
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from processor import config
 from processor.app import serve
 from processor.backends.base import Backend
 from processor.kafka.records import end_offsets
 from processor.runner import Runner
-from processor.settings import KafkaSettings, RetrySettings, Settings, StoreSettings
+from processor.settings import KafkaSettings, Settings, StoreSettings
 from tests.integration.services import Services
 
 
-def unique_settings(services: Services, name: str, **overrides: Any) -> Settings:
+def unique_settings(
+    services: Services,
+    name: str,
+    *,
+    backend: str = "espeak",
+    backend_url: str | None = None,
+    max_in_flight: int = 8,
+    config_path: str | None = None,
+    **overrides: Any,
+) -> Settings:
+    """Settings on topics and a prefix of their own; one backend (or a config file's)."""
     tag = f"{name}-{uuid.uuid4().hex[:8]}"
     kafka = KafkaSettings(
         bootstrap_servers=services.bootstrap_servers,
@@ -39,13 +50,14 @@ def unique_settings(services: Services, name: str, **overrides: Any) -> Settings
         prefix=f"tests/{tag}/",
         region="us-east-1",
     )
-    fields: dict[str, Any] = {
-        "kafka": kafka,
-        "store": store,
-        "retry": RetrySettings(attempts=5, timeout_s=30),
-    }
-    fields.update(overrides)
-    return Settings(**fields)
+    backends = (
+        config.load(config_path)
+        if config_path
+        else config.single_backend(
+            backend, url=backend_url, max_in_flight=max_in_flight, retry_timeout_s=30
+        )
+    )
+    return Settings(kafka=kafka, store=store, backends=backends, **overrides)
 
 
 @contextlib.asynccontextmanager

@@ -28,13 +28,8 @@ def test_the_example_file_declares_every_family() -> None:
 
 
 def test_environment_gives_one_backend() -> None:
-    conf = config.from_environment(
-        backend="openai",
-        url="http://x",
-        api_key=None,
-        max_in_flight=6,
-        retry_attempts=3,
-        retry_timeout_s=9.0,
+    conf = config.single_backend(
+        "openai", url="http://x", max_in_flight=6, retry_attempts=3, retry_timeout_s=9.0
     )
     (only,) = conf.backends.values()
     assert (only.kind, only.max_in_flight, only.text_limit) == ("openai", 6, 4096)
@@ -81,20 +76,6 @@ def test_unreadable_and_malformed_files(tmp_path: Path) -> None:
 
 def test_unknown_environment_backend() -> None:
     with pytest.raises(ConfigError, match="unknown backend"):
-        config.from_environment(
-            backend="x",
-            url=None,
-            api_key=None,
-            max_in_flight=1,
-            retry_attempts=1,
-            retry_timeout_s=1,
-        )
+        config.single_backend("x")
     with pytest.raises(ConfigError, match="needs VOXLINE_BACKEND_URL"):
-        config.from_environment(
-            backend="fish",
-            url=None,
-            api_key=None,
-            max_in_flight=1,
-            retry_attempts=1,
-            retry_timeout_s=1,
-        )
+        config.single_backend("fish")
