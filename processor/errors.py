@@ -5,7 +5,9 @@
     │                       once the budget is spent
     ├── Permanent           dead-lettered at once as ``permanent``
     │   ├── InvalidInput    ... as ``invalid_input`` (bad record, bad request for a backend)
-    │   └── Expired         ... as ``expired`` (past the request's deadline)
+    │   ├── Expired         ... as ``expired`` (past the request's deadline)
+    │   └── InternalError   ... as ``internal_error`` (Voxline itself failed on this record,
+    │                       again and again: a bug, not the record's or a backend's fault)
     └── Systemic            the backend or store is down for everyone: the record waits and
                             is retried, never dead-lettered for it
 
@@ -31,6 +33,7 @@ class Reason(enum.StrEnum):
     PERMANENT = "permanent"
     RETRIES_EXHAUSTED = "retries_exhausted"
     EXPIRED = "expired"
+    INTERNAL_ERROR = "internal_error"
 
 
 class VoxlineError(Exception):
@@ -83,6 +86,12 @@ class Expired(Permanent):
     """The request's deadline passed before it could be synthesized."""
 
     reason = Reason.EXPIRED
+
+
+class InternalError(Permanent):
+    """Processing this record failed with an unexpected error, more often than allowed."""
+
+    reason = Reason.INTERNAL_ERROR
 
 
 class Systemic(VoxlineError):
