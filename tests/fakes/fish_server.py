@@ -8,7 +8,8 @@ a failure answering 422 with kui's bare list of pydantic errors; other errors ar
 ``{"statusCode", "message", "error"}``. Like the real server it runs one generation at a time:
 requests (and ``/v1/health``) wait on a lock, so latency grows with the queue. The answer is a
 real 44.1 kHz mono 16-bit WAV (or headerless pcm) of a quiet tone whose length grows with the
-text. Switches make it misbehave the ways Fish servers do:
+text. Switches make it misbehave the ways Fish servers do (besides the shared ones of
+:mod:`tests.fakes.common`: latency, down, error_ratio, timeout_ratio, ...):
 
     latency_ms, jitter_ms   each generation holds the lock latency +- uniform jitter
     rtf                     ... plus rtf x the audio's duration (a real-time factor)
@@ -16,52 +17,37 @@ text. Switches make it misbehave the ways Fish servers do:
     queue_limit             a request arriving with this many already waiting answers 500
                             "Failed to generate speech" (what overload looks like)
     fail_first_n            the next N requests answer 500 "Failed to generate speech"
-    fail_status             every request answers this status (with ``fail_message``)
-    fail_message            the message for ``fail_status`` (e.g. "No audio generated")
-    retry_after             a ``Retry-After`` header on those failures (hosted 429/503)
+    retry_after             a ``Retry-After`` header on every switched-on failure (hosted 429/503)
     hosted_errors           errors shaped ``{"message", "status"}`` as hosted Fish Audio's
     max_text_length         text longer than this answers 400, as ``--max-text-length`` (0: off)
     max_prompt_chars        text longer than this fails inside generation: 500 "Prompt is too long"
     api_key                 ``Authorization: Bearer <key>`` required on every route (else 401)
-    truncate                headers promise the whole body; half is sent, then the socket closes
-    empty_body              200 with no body
-    corrupt                 200 with a body that is not audio
 
 Only wav and pcm are produced: mp3 and opus answer 400 (a limit of the fake, not of Fish).
 
-``GET /stats`` returns counters and the last request (its fields as decoded; reference audio
-as ``{"bytes", "sha256"}``) with its Content-Type and Authorization; ``POST /control`` takes a
-JSON object of switches to change at run time (``{"reset": true}`` zeroes the counters).
-
-In-process: ``async with running_fake(latency_ms=50) as fake: fake.url, fake.stats(), fake.set()``.
-Out of process: ``python -m tests.fakes.fish_server --port 0 --latency-ms 250 --queue-limit 8``
-prints ``LISTENING <port>`` once bound to 127.0.0.1 and stops on SIGTERM.
+``GET /stats`` also returns the last request (its fields as decoded; reference audio as
+``{"bytes", "sha256"}``) with its Content-Type, and the generation queue's counters.
+Out of process: ``python -m tests.fakes.fish_server --port 0 --latency-ms 250 --queue-limit 8``.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import contextlib
 import dataclasses
 import hashlib
-import io
 import json
-import math
-import random
-import signal
-import socket
-import struct
-import sys
-import wave
-from collections import Counter
-from collections.abc import AsyncIterator, Sequence
 from http import HTTPStatus
 from typing import Any
 
 import msgpack  # type: ignore[import-untyped]  # no stubs or py.typed
 from aiohttp import web
+
+from tests.fakes import common
+from tests.fakes.common import FakeHandle as FakeHandle
+from tests.fakes.common import tone as tone
+from tests.fakes.common import wav_bytes as wav_bytes
 
 RATE = 44100
 TONE_HZ = 441  # a whole number of samples (100) per period at 44.1 kHz
@@ -76,108 +62,44 @@ GENERATION_FAILED = "Failed to generate speech"
 
 
 @dataclasses.dataclass
-class Switches:
+class Switches(common.SpeechSwitches):
     """How the fake behaves; changed at run time through ``/control`` or ``FakeHandle.set``."""
 
-    latency_ms: float = 0.0
-    jitter_ms: float = 0.0
     rtf: float = 0.0
-    ms_per_char: float = 60.0
     queue_limit: int | None = None
-    fail_first_n: int = 0
-    fail_status: int | None = None
-    fail_message: str | None = None
     retry_after: str | None = None
     hosted_errors: bool = False
     max_text_length: int = 0
     max_prompt_chars: int | None = None
-    api_key: str | None = None
-    truncate: bool = False
-    empty_body: bool = False
-    corrupt: bool = False
 
 
-def tone(duration_ms: float, rate: int = RATE, tone_hz: int = TONE_HZ) -> bytes:
-    """Signed 16-bit mono samples of a quiet tone (``rate`` a multiple of ``tone_hz``)."""
-    period = rate // tone_hz
-    cycle = b"".join(
-        struct.pack("<h", round(3000 * math.sin(2 * math.pi * i / period))) for i in range(period)
-    )
-    frames = max(1, round(rate * duration_ms / 1000))
-    whole, rest = divmod(frames, period)
-    return cycle * whole + cycle[: rest * 2]
-
-
-def wav_bytes(pcm: bytes, rate: int = RATE) -> bytes:
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as writer:
-        writer.setnchannels(1)
-        writer.setsampwidth(2)
-        writer.setframerate(rate)
-        writer.writeframes(pcm)
-    return buffer.getvalue()
-
-
-class FakeFishServer:
+class FakeFishServer(common.SpeechServer[Switches]):
     """The aiohttp application, its generation lock and its counters."""
 
     def __init__(self, switches: Switches | None = None) -> None:
-        self.switches = switches or Switches()
-        self._fail_remaining = self.switches.fail_first_n
         self._lock = asyncio.Lock()
-        self.app = web.Application()
-        self.app.router.add_post("/v1/tts", self._tts)
-        self.app.router.add_route("GET", "/v1/health", self._health)
-        self.app.router.add_route("POST", "/v1/health", self._health)
-        self.app.router.add_get("/stats", self._stats)
-        self.app.router.add_post("/control", self._control)
-        self.reset()
-
-    def reset(self) -> None:
-        self.requests = 0
         self.generating = 0
         self.queued = 0
+        super().__init__(switches or Switches())
+        self.api_route("/v1/tts", self._answer)
+        self.app.router.add_route("GET", "/v1/health", self._health)
+        self.app.router.add_route("POST", "/v1/health", self._health)
+
+    def reset(self) -> None:
+        super().reset()
         self.queued_max = 0
         self.generations = 0
-        self.statuses: Counter[int] = Counter()
-        self.last_request: object = None
         self.last_content_type: str | None = None
-        self.last_authorization: str | None = None
-
-    def set(self, **changes: Any) -> None:
-        """Change switches by name; unknown names raise ``TypeError``."""
-        if changes.pop("reset", False):
-            self.reset()
-        self.switches = dataclasses.replace(self.switches, **changes)
-        if "fail_first_n" in changes:
-            self._fail_remaining = self.switches.fail_first_n
 
     def stats(self) -> dict[str, object]:
         return {
-            "requests": self.requests,
+            **super().stats(),
             "generating": self.generating,
             "generations": self.generations,
             "queued": self.queued,
             "queued_max": self.queued_max,
-            "statuses": {str(status): n for status, n in sorted(self.statuses.items())},
-            "last_request": self.last_request,
             "last_content_type": self.last_content_type,
-            "last_authorization": self.last_authorization,
-            "switches": dataclasses.asdict(self.switches),
         }
-
-    async def _stats(self, request: web.Request) -> web.Response:
-        return web.json_response(self.stats())
-
-    async def _control(self, request: web.Request) -> web.Response:
-        try:
-            changes = await request.json()
-            if not isinstance(changes, dict):
-                raise TypeError("the body must be a JSON object of switches")
-            self.set(**changes)
-        except (ValueError, TypeError) as exc:
-            return web.json_response({"error": str(exc)}, status=400)
-        return web.json_response(self.stats())
 
     def _error(self, status: int, message: object, **headers: str) -> web.Response:
         if self.switches.hosted_errors:
@@ -186,31 +108,16 @@ class FakeFishServer:
             body = {"statusCode": status, "message": message, "error": HTTPStatus(status).phrase}
         return web.json_response(body, status=status, headers=headers)
 
-    def _unauthorized(self, request: web.Request) -> web.Response | None:
-        key = self.switches.api_key
-        if key and request.headers.get("Authorization") != f"Bearer {key}":
-            return self._error(401, "Invalid token")
-        return None
-
     async def _health(self, request: web.Request) -> web.Response:
-        refused = self._unauthorized(request)
-        if refused is not None:
-            return refused
+        if self.key_refused(request):
+            return self._error(401, "Invalid token")
         async with self._lock:  # the real server's event loop is busy while it generates
             pass
         return web.json_response({"status": "ok"})
 
-    async def _tts(self, request: web.Request) -> web.StreamResponse:
-        self.requests += 1
-        response = await self._answer(request)
-        self.statuses[response.status] += 1
-        return response
-
     async def _answer(self, request: web.Request) -> web.StreamResponse:
-        self.last_authorization = request.headers.get("Authorization")
-        refused = self._unauthorized(request)
-        if refused is not None:
-            return refused
+        if self.key_refused(request):
+            return self._error(401, "Invalid token")
         self.last_content_type = request.content_type
         body = await self._body(request)
         if isinstance(body, web.Response):
@@ -253,11 +160,14 @@ class FakeFishServer:
             return self._error(400, "Streaming only supports WAV format")
         if fmt not in PRODUCED:
             return self._error(400, f"this fake produces {'/'.join(PRODUCED)}, not {fmt!r}")
-        failure = self._failure(switches)
+        fault = self.injected(500, GENERATION_FAILED)
+        failure = self._failure(switches, fault)
         if failure is not None:
             return failure
         audio_ms = len(text) * switches.ms_per_char
-        await self._hold_lock(_delay(switches, audio_ms) / 1000)
+        with self.serving():
+            delay_ms = switches.jittered_ms(switches.latency_ms + switches.rtf * audio_ms)
+            await self._hold_lock(fault.wait_ms(delay_ms) / 1000)
         if switches.max_prompt_chars is not None and len(text) > switches.max_prompt_chars:
             return self._error(
                 500, f"Prompt is too long: {len(text)} > {switches.max_prompt_chars}"
@@ -281,15 +191,11 @@ class FakeFishServer:
             self.generating -= 1
             self._lock.release()
 
-    def _failure(self, switches: Switches) -> web.Response | None:
+    def _failure(self, switches: Switches, fault: common.Fault) -> web.Response | None:
         """The switched-on failure for this request, if any."""
         headers = {"Retry-After": switches.retry_after} if switches.retry_after else {}
-        if switches.fail_status is not None:
-            message = switches.fail_message or f"fake failure {switches.fail_status}"
-            return self._error(switches.fail_status, message, **headers)
-        if self._fail_remaining > 0:
-            self._fail_remaining -= 1
-            return self._error(500, GENERATION_FAILED, **headers)
+        if fault.status is not None:
+            return self._error(fault.status, fault.message, **headers)
         limit = switches.queue_limit
         if limit is not None and self._lock.locked() and self.queued >= limit:
             return self._error(500, GENERATION_FAILED, **headers)
@@ -300,23 +206,11 @@ class FakeFishServer:
     ) -> web.StreamResponse:
         fmt = body.get("format", "wav")
         content_type = "audio/wav" if fmt == "wav" else "application/octet-stream"
-        if switches.empty_body:
-            return web.Response(body=b"", content_type=content_type)
-        if switches.corrupt:
-            return web.Response(body=b"<html>upstream error</html>", content_type=content_type)
-        pcm = tone(audio_ms)
+        pcm = tone(audio_ms, RATE, TONE_HZ)
         # streaming=true: headerless 16-bit PCM, as the real server streams it.
-        audio = wav_bytes(pcm) if fmt == "wav" and not body.get("streaming") else pcm
+        audio = wav_bytes(pcm, RATE) if fmt == "wav" and not body.get("streaming") else pcm
         headers = {"Content-Disposition": f"attachment; filename=audio.{fmt}"}
-        if not switches.truncate:
-            return web.Response(body=audio, content_type=content_type, headers=headers)
-        response = web.StreamResponse(headers={"Content-Type": content_type, **headers})
-        response.content_length = len(audio)
-        await response.prepare(request)
-        await response.write(audio[: len(audio) // 2])
-        if request.transport is not None:
-            request.transport.close()
-        return response
+        return await common.answer_audio(request, audio, content_type, switches, headers)
 
 
 def validate(body: dict[str, Any]) -> list[dict[str, object]]:
@@ -414,88 +308,10 @@ def _recorded_reference(item: object) -> object:
     return item
 
 
-def _delay(switches: Switches, audio_ms: float) -> float:
-    jitter = random.uniform(-switches.jitter_ms, switches.jitter_ms) if switches.jitter_ms else 0
-    return max(0.0, switches.latency_ms + jitter + switches.rtf * audio_ms)
-
-
-@dataclasses.dataclass(frozen=True)
-class FakeHandle:
-    """A fake running in this process."""
-
-    url: str
-    server: FakeFishServer
-
-    def stats(self) -> dict[str, object]:
-        return self.server.stats()
-
-    def set(self, **switches: Any) -> None:
-        self.server.set(**switches)
-
-
-@contextlib.asynccontextmanager
-async def serve(app: web.Application, port: int = 0) -> AsyncIterator[int]:
-    """Serve ``app`` on 127.0.0.1 (port 0: any free one); yields the bound port."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", port))
-    # A client that gives up cancels its handler (and frees its place in the queue).
-    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=1.0)
-    await runner.setup()
-    try:
-        await web.SockSite(runner, sock).start()
-        yield sock.getsockname()[1]
-    finally:
-        await runner.cleanup()
-        sock.close()
-
-
-@contextlib.asynccontextmanager
-async def running_fake(**switches: Any) -> AsyncIterator[FakeHandle]:
+def running_fake(**switches: Any) -> contextlib.AbstractAsyncContextManager[FakeHandle]:
     """A fake on a free port of 127.0.0.1 for the duration of the block."""
-    server = FakeFishServer(Switches(**switches))
-    async with serve(server.app) as port:
-        yield FakeHandle(f"http://127.0.0.1:{port}", server)
-
-
-def parse_args(argv: Sequence[str] | None = None) -> tuple[int, Switches]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
-    parser.add_argument("--latency-ms", type=float, default=0.0)
-    parser.add_argument("--jitter-ms", type=float, default=0.0)
-    parser.add_argument("--rtf", type=float, default=0.0)
-    parser.add_argument("--ms-per-char", type=float, default=60.0)
-    parser.add_argument("--queue-limit", type=int, default=None)
-    parser.add_argument("--fail-first-n", type=int, default=0)
-    parser.add_argument("--fail-status", type=int, default=None)
-    parser.add_argument("--fail-message", default=None)
-    parser.add_argument("--retry-after", default=None)
-    parser.add_argument("--hosted-errors", action="store_true")
-    parser.add_argument("--max-text-length", type=int, default=0)
-    parser.add_argument("--max-prompt-chars", type=int, default=None)
-    parser.add_argument("--api-key", default=None)
-    parser.add_argument("--truncate", action="store_true")
-    parser.add_argument("--empty-body", action="store_true")
-    parser.add_argument("--corrupt", action="store_true")
-    args = vars(parser.parse_args(argv))
-    port = args.pop("port")
-    return port, Switches(**args)
-
-
-async def _main(port: int, switches: Switches) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    async with serve(FakeFishServer(switches).app, port) as bound:
-        print(f"LISTENING {bound}", flush=True)
-        await stop.wait()
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    port, switches = parse_args(argv)
-    asyncio.run(_main(port, switches))
+    return common.running(FakeFishServer(Switches(**switches)))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    common.main(FakeFishServer, Switches, __doc__)
