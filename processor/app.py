@@ -1,4 +1,9 @@
-"""The composition root: settings in, running objects out."""
+"""The composition root: settings in, one running processor out.
+
+``App(settings)`` wires every object once: backends, gates and routes, the store, the sink,
+the pipeline and the runner. ``await app.run()`` runs until ``app.stop()`` (or SIGTERM when
+``run_until_signalled`` is used), then drains, commits and closes everything it opened.
+"""
 
 from __future__ import annotations
 
@@ -7,66 +12,35 @@ import contextlib
 import signal
 import time
 from collections.abc import AsyncIterator, Mapping
-from typing import Any
 
-import httpx
 import structlog
 
-from processor import config as cfg
 from processor.backends.base import Backend, ReferenceLoader
+from processor.backends.registry import build as build_backend
 from processor.breaker import Breaker, BreakerConfig
+from processor.config import BackendConfig, BackendsConfig
 from processor.gate import Gate
+from processor.kafka.consumer import kafka_consumer
 from processor.kafka.sink import KafkaSink
 from processor.kafka.topics import ensure_topics
 from processor.limiter import AdaptiveLimit, LimiterConfig, StaticLimit
 from processor.observability import Health, Metrics, serve_http
 from processor.pipeline import Pipeline
 from processor.references import S3ReferenceLoader
+from processor.retry import Policy
 from processor.routes import Route
 from processor.runner import Runner
-from processor.settings import Settings
+from processor.settings import RetrySettings, Settings
 from processor.store import S3Store
 
 log = structlog.get_logger("voxline")
 
-
-def build_backend(conf: cfg.BackendConfig, references: ReferenceLoader | None) -> Backend:
-    """One adapter from its config; kind-specific ``options`` go to its constructor."""
-    opts: dict[str, Any] = dict(conf.options)
-    timeout = httpx.Timeout(conf.timeout_s, connect=conf.connect_timeout_s)
-    http: dict[str, Any] = {"timeout": timeout, "max_connections": conf.max_in_flight}
-    url = conf.url or ""
-    try:
-        if conf.kind == "espeak":
-            from processor.backends.espeak import EspeakBackend
-
-            return EspeakBackend(conf.name, timeout=conf.timeout_s, **opts)
-        if conf.kind == "openai":
-            from processor.backends.openai import OpenAIBackend
-
-            return OpenAIBackend(conf.name, url, api_key=conf.api_key, **http, **opts)
-        if conf.kind == "cosyvoice":
-            from processor.backends.cosyvoice import CosyVoiceBackend
-
-            return CosyVoiceBackend(conf.name, url, references=references, **http, **opts)
-        if conf.kind == "fish":
-            from processor.backends.fish import FishSpeechBackend
-
-            return FishSpeechBackend(
-                conf.name, url, api_key=conf.api_key, references=references, **http, **opts
-            )
-        if conf.kind == "qwen":
-            from processor.backends.qwen import QwenTTSBackend
-
-            return QwenTTSBackend(
-                conf.name, url, api_key=conf.api_key, references=references, **http, **opts
-            )
-    except TypeError as exc:  # an unknown key under [backends.NAME.options]
-        raise cfg.ConfigError(f"[backends.{conf.name}.options]: {exc}") from exc
-    raise cfg.ConfigError(f"[backends.{conf.name}]: unknown kind {conf.kind!r}")
+#: Probes at most 5 s apart: an outage's end is noticed within seconds, at the price of one
+#: call per 5 s to a backend that is still down.
+BREAKER = BreakerConfig(open_for_s=1.0, max_open_for_s=5.0)
 
 
-def build_gate(conf: cfg.BackendConfig, metrics: Metrics, health: Health | None = None) -> Gate:
+def build_gate(conf: BackendConfig, metrics: Metrics, health: Health | None = None) -> Gate:
     window = (
         AdaptiveLimit(
             LimiterConfig(
@@ -86,117 +60,154 @@ def build_gate(conf: cfg.BackendConfig, metrics: Metrics, health: Health | None 
         if health is not None:
             health.set_backend_open(gate.name, gate.is_open)
 
-    # Probes at most 5 s apart: an outage's end is noticed within seconds, at the price of
-    # one call per 5 s to a backend that is still down.
-    breaker = Breaker(BreakerConfig(open_for_s=1.0, max_open_for_s=5.0))
-    gate = Gate(conf.name, window, breaker, on_change=report)
+    gate = Gate(conf.name, window, Breaker(BREAKER), on_change=report)
     report(gate)
     return gate
 
 
+def backend_policy(conf: BackendConfig, retry: RetrySettings) -> Policy:
+    return Policy(
+        attempts=conf.retry_attempts,
+        budget_s=conf.retry_timeout_s,
+        wait_initial_s=retry.wait_initial_s,
+        wait_max_s=retry.wait_max_s,
+        hold_max_s=retry.systemic_wait_max_s,
+    )
+
+
 def build_routes(
-    conf: cfg.BackendsConfig,
+    settings: Settings,
     metrics: Metrics,
-    backends: Mapping[str, Backend] | None = None,
-    references: ReferenceLoader | None = None,
+    backends: Mapping[str, Backend],
     health: Health | None = None,
 ) -> dict[str, Route]:
-    """A route per configured backend; ``backends`` (tests) replace the adapters by name."""
-    routes = {}
-    for name, bconf in conf.backends.items():
-        backend = (backends or {}).get(name) or build_backend(bconf, references)
-        routes[name] = Route(backend, build_gate(bconf, metrics, health), bconf)
-    return routes
+    """A route per configured backend, with ``backends`` (adapters by name)."""
+    return {
+        name: Route(
+            backends[name],
+            build_gate(conf, metrics, health),
+            conf,
+            backend_policy(conf, settings.retry),
+        )
+        for name, conf in settings.backends.backends.items()
+    }
 
 
-@contextlib.asynccontextmanager
-async def running_pipeline(
-    settings: Settings,
-    metrics: Metrics,
-    backends: Mapping[str, Backend] | None = None,
-    health: Health | None = None,
-) -> AsyncIterator[tuple[Pipeline, int]]:
-    """Backends, store and sink opened (and closed again) around a pipeline; also yields the
-    consumer's record window."""
-    conf = settings.backends
-    references = S3ReferenceLoader(
+def reference_loader(settings: Settings) -> S3ReferenceLoader:
+    refs = settings.backends.references
+    return S3ReferenceLoader(
         settings.store.endpoint_url,
         settings.store.region,
-        allowed_buckets=conf.references.allowed_buckets,
-        max_bytes=conf.references.max_bytes,
-        max_duration_ms=round(conf.references.max_duration_s * 1000),
-        min_sample_rate=conf.references.min_sample_rate,
+        allowed_buckets=refs.allowed_buckets,
+        max_bytes=refs.max_bytes,
+        max_duration_ms=round(refs.max_duration_s * 1000),
+        min_sample_rate=refs.min_sample_rate,
     )
-    routes = build_routes(conf, metrics, backends, references, health)
-    sink = KafkaSink(settings.kafka)
-    store = S3Store(
-        settings.store.bucket,
-        endpoint_url=settings.store.endpoint_url,
-        region=settings.store.region,
-        max_connections=max(10, conf.record_window),
-    )
-    await sink.start()
-    try:
-        async with store, references:
-            pipeline = Pipeline(settings, routes, conf.default, store, sink, metrics)
-            yield pipeline, conf.record_window
-    finally:
-        await sink.stop()
-        for name, route in routes.items():
-            if backends is None or name not in backends:
-                await route.backend.aclose()
 
 
-async def serve(
-    settings: Settings,
-    *,
-    backends: Mapping[str, Backend] | None = None,
-    ready: asyncio.Event | None = None,
-    runner_box: list[Runner] | None = None,
-    install_signals: bool = False,
-) -> dict[str, int]:
-    """Run the processor until stopped; returns the outcome counts."""
-    k = settings.kafka
-    await ensure_topics(
-        k,
-        [k.request_topic, k.completion_topic, k.dlq_topic],
-        k.create_topics_partitions,
-    )
-    metrics = Metrics()
-    health = Health(time.monotonic())
-    async with (
-        running_pipeline(settings, metrics, backends, health) as (pipeline, window),
-        _http(settings, metrics, health),
-    ):
-        runner = Runner(settings, pipeline, window=window, metrics=metrics, health=health)
-        if runner_box is not None:
-            runner_box.append(runner)
-        if install_signals:
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, _stop_on_signal, runner, sig)
-        log.info(
-            "processor starting",
-            group=k.group_id,
-            topic=k.request_topic,
-            backends=sorted(pipeline.routes),
-            default_backend=pipeline.default_route,
-            record_window=window,
+class App:
+    """One processor. ``backends`` replaces configured adapters by name (embedding Voxline
+    with adapters of your own); the rest are built from the configuration."""
+
+    def __init__(self, settings: Settings, *, backends: Mapping[str, Backend] | None = None):
+        self.settings = settings
+        self.metrics = Metrics()
+        self.health = Health(time.monotonic())
+        #: Set once the consumer has started and subscribed.
+        self.started = asyncio.Event()
+        self._given = dict(backends or {})
+        self._stop = asyncio.Event()
+        self.runner: Runner | None = None
+        self.counts: dict[str, int] = {}
+
+    def stop(self) -> None:
+        """Stop fetching, drain in-flight work, commit and return from ``run`` (signal-safe)."""
+        self.health.set_draining()
+        self._stop.set()
+        if self.runner is not None:
+            self.runner.stop()
+
+    @property
+    def in_flight(self) -> int:
+        return 0 if self.runner is None else self.runner.in_flight
+
+    async def run(self) -> dict[str, int]:
+        """Run until stopped; returns the outcome counts."""
+        s = self.settings
+        k = s.kafka
+        await ensure_topics(
+            k, [k.request_topic, k.completion_topic, k.dlq_topic], k.create_topics_partitions
         )
-        await runner.run(ready=ready)
-        return dict(runner.counts)
+        async with self._pipeline() as pipeline, self._http():
+            conf: BackendsConfig = s.backends
+            self.runner = Runner(
+                s,
+                pipeline,
+                kafka_consumer(s, conf.record_window),
+                window=conf.record_window,
+                metrics=self.metrics,
+                health=self.health,
+            )
+            if self._stop.is_set():
+                self.runner.stop()
+            log.info(
+                "processor starting",
+                group=k.group_id,
+                topic=k.request_topic,
+                backends=sorted(pipeline.routes),
+                default_backend=pipeline.default_route,
+                record_window=conf.record_window,
+            )
+            await self.runner.run(ready=self.started)
+            self.counts = dict(self.runner.counts)
+        return self.counts
+
+    @contextlib.asynccontextmanager
+    async def _pipeline(self) -> AsyncIterator[Pipeline]:
+        """Backends, store, references and sink opened (and closed again) around a pipeline."""
+        s = self.settings
+        conf = s.backends
+        built = {n: build_backend(c) for n, c in conf.backends.items() if n not in self._given}
+        references: ReferenceLoader
+        sink = KafkaSink(s.kafka, on_health=self.health.set_sink_ok)
+        store = S3Store(
+            s.store.bucket,
+            endpoint_url=s.store.endpoint_url,
+            region=s.store.region,
+            max_connections=max(10, conf.record_window),
+        )
+        try:
+            await sink.start()
+            async with store, reference_loader(s) as references:
+                routes = build_routes(s, self.metrics, {**built, **self._given}, self.health)
+                yield Pipeline(
+                    s, routes, conf.default, store, sink, self.metrics, references=references
+                )
+        finally:
+            await sink.stop()
+            for backend in built.values():
+                await backend.aclose()
+
+    @contextlib.asynccontextmanager
+    async def _http(self) -> AsyncIterator[None]:
+        s = self.settings
+        if s.http_port is None:
+            yield
+            return
+        async with serve_http(s.http_host, s.http_port, self.metrics, self.health) as port:
+            log.info("serving /healthz, /readyz, /metrics", host=s.http_host, port=port)
+            yield
 
 
-@contextlib.asynccontextmanager
-async def _http(settings: Settings, metrics: Metrics, health: Health) -> AsyncIterator[None]:
-    if settings.http_port is None:
-        yield
-        return
-    async with serve_http(settings.http_host, settings.http_port, metrics, health) as port:
-        log.info("serving /healthz, /readyz, /metrics", host=settings.http_host, port=port)
-        yield
+async def run_until_signalled(settings: Settings) -> dict[str, int]:
+    """``voxline run``: the processor until SIGTERM/SIGINT, then a clean drain."""
+    app = App(settings)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, _stop_on_signal, app, sig)
+    return await app.run()
 
 
-def _stop_on_signal(runner: Runner, sig: signal.Signals) -> None:
-    log.info("signal received; draining", signal=sig.name, in_flight=runner.in_flight)
-    runner.stop()
+def _stop_on_signal(app: App, sig: signal.Signals) -> None:
+    log.info("signal received; draining", signal=sig.name, in_flight=app.in_flight)
+    app.stop()

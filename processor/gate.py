@@ -39,14 +39,21 @@ def outcome_of(error: BaseException | None) -> Outcome:
     return "error"
 
 
+#: A ``Retry-After`` longer than this says the backend is unavailable for everyone (a quota or
+#: maintenance answer), not busy for a moment.
+LONG_RETRY_AFTER_S = 60.0
+
+
 def is_outage(error: BaseException | None) -> bool:
     """Failures that say the backend is down for everyone, not busy and not this request's."""
     if not isinstance(error, VoxlineError):
         return False
     if isinstance(error, Systemic):
         return True
-    if not isinstance(error, Transient) or error.retry_after is not None:
+    if not isinstance(error, Transient):
         return False
+    if error.retry_after is not None:
+        return error.retry_after > LONG_RETRY_AFTER_S
     # A run of 5xx across many requests is an outage too (a bare 500 included: many TTS servers
     # answer nothing else when broken). Past-capacity 500s mostly come with a window set too
     # large by hand; the adaptive window keeps them rare.

@@ -187,8 +187,8 @@ class Health:
     ``join_grace_s=None`` disables it, for groups with more members than partitions, where an
     idle member legitimately holds nothing.
 
-    Ready: live, started (ticked at least once), not draining, and at least one backend breaker
-    not open (backends never reported count as closed).
+    Ready: live, started (ticked at least once), not draining, the event producer up, and at
+    least one backend breaker not open (backends never reported count as closed).
     """
 
     def __init__(
@@ -206,6 +206,7 @@ class Health:
         self._unassigned_since: float | None = now
         self._draining = False
         self._open: dict[str, bool] = {}
+        self._sink_ok = True
 
     def tick(self, now: float) -> None:
         """The poll loop made a pass."""
@@ -223,6 +224,10 @@ class Health:
     def set_draining(self) -> None:
         """Shutdown has begun: no longer ready (liveness is unaffected)."""
         self._draining = True
+
+    def set_sink_ok(self, ok: bool) -> None:
+        """Whether the event producer works (False while a dead one is being replaced)."""
+        self._sink_ok = ok
 
     def set_backend_open(self, backend: str, is_open: bool) -> None:
         """Whether ``backend``'s circuit breaker is open."""
@@ -253,6 +258,8 @@ class Health:
             return False, "starting: poll loop has not ticked yet"
         if self._draining:
             return False, "draining"
+        if not self._sink_ok:
+            return False, "event producer down: being replaced"
         if self._open and all(self._open.values()):
             return False, "all backend breakers open: " + ", ".join(sorted(self._open))
         return True, "ok"

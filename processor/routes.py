@@ -1,4 +1,5 @@
-"""A configured backend as the pipeline sees it: the adapter, its gate and its limits."""
+"""A configured backend as the pipeline sees it: the adapter, its gate, its limits and the
+retry policy its calls follow."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import dataclasses
 from processor.backends.base import Backend
 from processor.config import BackendConfig
 from processor.gate import Gate
+from processor.retry import Policy
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -14,6 +16,7 @@ class Route:
     backend: Backend
     gate: Gate
     config: BackendConfig
+    policy: Policy = dataclasses.field(default_factory=Policy)
 
     @property
     def name(self) -> str:

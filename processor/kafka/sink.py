@@ -1,16 +1,44 @@
-"""The event sink seam and its Kafka implementation."""
+"""The event sink seam and its Kafka implementation.
+
+Producer errors are translated here, once: a record the broker can never take (too large,
+corrupt, an invalid topic) is ``Permanent``; everything else (broker down, leader moving,
+authorisation) is ``Systemic`` and the record waits. A producer whose background sender has
+died answers every later send with the same stored error; the sink notices, replaces it, and
+reports itself unhealthy until the new one is up.
+"""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from typing import Any, Protocol
 
+import structlog
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    CorruptRecordException,
+    InvalidTopicError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+)
 
-from processor.errors import Stage, Systemic
+from processor.errors import Permanent, Stage, Systemic, VoxlineError
 from processor.kafka.headers import Headers
 from processor.kafka.options import connection_options
 from processor.settings import KafkaSettings
+
+log = structlog.get_logger("voxline.sink")
+
+#: Errors about this record, not the broker: sending it again cannot help.
+PER_RECORD_ERRORS: tuple[type[KafkaError], ...] = (
+    MessageSizeTooLargeError,
+    RecordTooLargeError,
+    RecordListTooLargeError,
+    CorruptRecordException,
+    InvalidTopicError,
+)
 
 
 class EventSink(Protocol):
@@ -26,25 +54,71 @@ class EventSink(Protocol):
         ...
 
 
+def producer_error(topic: str, exc: KafkaError) -> VoxlineError:
+    kind = Permanent if isinstance(exc, PER_RECORD_ERRORS) else Systemic
+    return kind(
+        f"publish to {topic} failed: {type(exc).__name__}: {exc}",
+        stage=Stage.PUBLISH,
+        error_type="kafka_" + type(exc).__name__,
+    )
+
+
 class KafkaSink:
     """An idempotent ``acks=all`` producer: an acknowledged send is durable, and the
     producer's own retries cannot duplicate or reorder records."""
 
-    def __init__(self, kafka: KafkaSettings, **extra: Any) -> None:
-        self.producer = AIOKafkaProducer(
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        *,
+        on_health: Callable[[bool], None] = lambda _: None,
+        **extra: Any,
+    ) -> None:
+        self._options = {
             **connection_options(kafka),
-            client_id=kafka.client_id,
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=5,
+            "client_id": kafka.client_id,
+            "acks": "all",
+            "enable_idempotence": True,
+            "linger_ms": 5,
             **extra,
-        )
+        }
+        self.producer = AIOKafkaProducer(**self._options)
+        self._on_health = on_health
+        self._lock = asyncio.Lock()
+        self._unstarted = True
+        #: Dead producers replaced so far.
+        self.replacements = 0
 
     async def start(self) -> None:
-        await self.producer.start()
+        await self._ensure_alive()
 
     async def stop(self) -> None:
         await self.producer.stop()
+
+    @property
+    def dead(self) -> bool:
+        """The producer's background sender has stopped for good."""
+        sender = getattr(self.producer, "_sender", None)
+        task = getattr(sender, "sender_task", None)
+        return task is not None and task.done()
+
+    async def _ensure_alive(self) -> None:
+        """Start the producer, replacing a dead one (once, however many sends notice it)."""
+        async with self._lock:
+            if self.dead:
+                self._on_health(False)
+                log.error("producer's sender died; replacing the producer")
+                old, self.producer = self.producer, AIOKafkaProducer(**self._options)
+                self._unstarted = True
+                self.replacements += 1
+                try:
+                    await old.stop()
+                except Exception:  # it is broken already; that must not stop the replacement
+                    log.warning("stopping the dead producer failed", exc_info=True)
+            if self._unstarted:
+                await self.producer.start()
+                self._unstarted = False
+                self._on_health(True)
 
     async def send(
         self,
@@ -55,13 +129,11 @@ class KafkaSink:
         timestamp_ms: int | None = None,
     ) -> tuple[int, int]:
         try:
+            if self._unstarted or self.dead:
+                await self._ensure_alive()
             meta = await self.producer.send_and_wait(
                 topic, value=value, key=key, headers=headers, timestamp_ms=timestamp_ms
             )
         except KafkaError as exc:
-            raise Systemic(
-                f"publish to {topic} failed: {type(exc).__name__}: {exc}",
-                stage=Stage.PUBLISH,
-                error_type="kafka_" + type(exc).__name__,
-            ) from exc
+            raise producer_error(topic, exc) from exc
         return int(meta.partition), int(meta.offset)

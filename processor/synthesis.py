@@ -1,0 +1,204 @@
+"""The synthesize stage: a request's text, through its backend's gate, to audio in the
+requested format.
+
+The reference audio a voice names is loaded here, before the gate: a missing object is the
+request's own fault (``invalid_input``) and a store outage holds the record, and neither
+touches the backend's breaker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import Callable, Mapping
+
+import structlog
+
+from processor.audio import join_wavs, wav_info
+from processor.backends.base import Audio, ReferenceAudio, ReferenceLoader, Utterance, utterance_of
+from processor.chunking import split_text
+from processor.errors import Expired, InvalidInput, Stage, VoxlineError
+from processor.observability import Metrics
+from processor.request import Request
+from processor.retry import Decision, Policy
+from processor.routes import Route
+from processor.steps import Tally, now, run_step
+from processor.transcode import transcode
+
+Logger = structlog.typing.FilteringBoundLogger
+
+
+def check_deadline(request: Request) -> None:
+    if request.deadline is not None and request.deadline <= now():
+        raise Expired(
+            f"deadline {request.deadline.isoformat()} passed before synthesis",
+            stage=Stage.SYNTHESIZE,
+            error_type="deadline_passed",
+        )
+
+
+def join(parts: list[Audio]) -> Audio:
+    """Chunks' WAVs in order, silence between them, measured from the joined bytes."""
+    if len(parts) == 1:
+        return parts[0]
+    wav = join_wavs([p.data for p in parts])
+    info = wav_info(wav)
+    return Audio(wav, "wav", info.sample_rate, info.channels, info.duration_ms)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Synthesized:
+    audio: Audio
+    chunks: int
+    seconds: float
+
+
+class Synthesizer:
+    def __init__(
+        self,
+        routes: Mapping[str, Route],
+        default_route: str,
+        *,
+        references: ReferenceLoader | None,
+        store_policy: Policy,
+        metrics: Metrics,
+    ) -> None:
+        self.routes = routes
+        self.default_route = default_route
+        self.references = references
+        self.store_policy = store_policy
+        self.metrics = metrics
+
+    def route(self, request: Request) -> Route:
+        name = request.backend or self.default_route
+        route = self.routes.get(name)
+        if route is None:
+            known = ", ".join(sorted(self.routes))
+            raise InvalidInput(
+                f"$.backend: no backend named {name!r} (configured: {known})",
+                stage=Stage.VALIDATE,
+                error_type="unknown_backend",
+            )
+        return route
+
+    async def synthesize(
+        self, route: Route, request: Request, tally: Tally, rlog: Logger
+    ) -> Synthesized:
+        """All chunks through the backend's gate, joined in order, in the requested format."""
+        check_deadline(request)
+        t0 = time.monotonic()
+        route.backend.check(utterance_of(request))
+        reference = await self._reference(request, tally, rlog)
+        # Whitespace-only pieces carry nothing to speak (validation guarantees some text).
+        texts = [t for t in split_text(request.text, route.config.text_limit) if t.strip()]
+        calls = [utterance_of(request, text, reference=reference) for text in texts]
+        if len(calls) == 1:  # the common case: no tasks to spawn
+            parts = [await self._chunk(route, calls[0], request, tally, rlog)]
+        else:
+            parts = await self._chunks(route, calls, request, tally, rlog)
+        audio = await self._finish(join(parts), request, rlog)
+        return Synthesized(audio, len(parts), time.monotonic() - t0)
+
+    async def _reference(
+        self, request: Request, tally: Tally, rlog: Logger
+    ) -> ReferenceAudio | None:
+        named = request.voice.reference
+        if named is None:
+            return None
+        loader = self.references
+        if loader is None:
+            raise InvalidInput(
+                f"no reference loader is configured: cannot read {named.audio_uri}",
+                stage=Stage.VALIDATE,
+                error_type="reference_unavailable",
+            )
+        return await run_step(
+            lambda: loader.load(named.audio_uri),
+            self.store_policy,
+            before_wait=self._waiting(request, tally, rlog),
+        )
+
+    async def _chunks(
+        self, route: Route, calls: list[Utterance], request: Request, tally: Tally, rlog: Logger
+    ) -> list[Audio]:
+        """Chunks concurrently (the gate bounds the calls); the first failure cancels the rest."""
+        tasks = [
+            asyncio.create_task(self._chunk(route, call, request, tally, rlog)) for call in calls
+        ]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for task in tasks:  # the first real failure, not the siblings we cancelled for it
+            failure = None if task.cancelled() else task.exception()
+            if failure is not None:
+                raise failure
+        return [task.result() for task in tasks]
+
+    async def _chunk(
+        self, route: Route, call: Utterance, request: Request, tally: Tally, rlog: Logger
+    ) -> Audio:
+        """One chunk: retried on transient errors, held while the backend is down."""
+        return await run_step(
+            lambda: self._call(route, call, tally, rlog),
+            route.policy,
+            breaker_open=lambda: route.gate.is_open,
+            before_wait=self._waiting(request, tally, rlog),
+        )
+
+    async def _call(self, route: Route, call: Utterance, tally: Tally, rlog: Logger) -> Audio:
+        async with route.gate.call(work=len(call.text)):
+            tally.attempts += 1
+            try:
+                return await route.backend.synthesize(call)
+            except VoxlineError as exc:
+                tally.failed()
+                self.metrics.retry(route.name, exc.error_type)
+                rlog.warning(
+                    "backend call failed",
+                    stage="synthesize",
+                    attempt=tally.attempts,
+                    backend=route.name,
+                    window=route.gate.limit,
+                    error_type=exc.error_type,
+                    error=exc.message,
+                    http_status=exc.http_status,
+                )
+                raise
+
+    async def _finish(self, wav: Audio, request: Request, rlog: Logger) -> Audio:
+        """The requested format and rate; the backend's WAV (already measured) if it is that."""
+        if request.format == "wav" and request.sample_rate in (None, wav.sample_rate):
+            return wav
+        return await run_step(
+            lambda: transcode(wav.data, request.format, sample_rate=request.sample_rate),
+            self.store_policy,
+            before_wait=lambda error, decision: rlog.warning(
+                "transcoding failed; trying again",
+                error_type=error.error_type,
+                error=error.message,
+                wait_s=decision.wait_s,
+            ),
+        )
+
+    @staticmethod
+    def _waiting(
+        request: Request, tally: Tally, rlog: Logger
+    ) -> Callable[[VoxlineError, Decision], None]:
+        def before_wait(error: VoxlineError, decision: Decision) -> None:
+            tally.failed()
+            check_deadline(request)
+            rlog.warning(
+                "waiting before the next try",
+                stage=error.stage.value,
+                decision=decision.action.value,
+                wait_s=round(decision.wait_s, 3),
+                error_type=error.error_type,
+                error=error.message,
+                attempt=tally.attempts,
+            )
+
+        return before_wait
