@@ -9,6 +9,9 @@
                   one fails after ``fail_ms``: HTTP 500 or a dropped connection, as a GPU server
                   out of memory does. No 429, no Retry-After: the client must find C itself.
 
+The shared switches of :mod:`tests.fakes.common` work too (``fail_first_n`` fails as past the
+knee; ``down``, ``error_ratio``, ``timeout_ratio``: a held call keeps its place ``hang_ms``).
+
 The body is a small valid WAV (8 kHz mono, 80 ms) whatever the text, so neither the store nor
 the network is the bottleneck. ``GET /stats`` returns totals and a per-second series (epoch
 seconds: calls ok, calls failed, most calls in the server); ``POST /control`` takes a JSON object
@@ -20,55 +23,32 @@ once bound to 127.0.0.1 and stops on SIGTERM.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import collections
 import contextlib
 import dataclasses
-import io
 import json
 import math
-import random
-import signal
-import socket
-import struct
 import time
-import wave
-from collections.abc import Sequence
 from typing import Any, Literal, Protocol
 
 from aiohttp import web
 
+from tests.fakes import common
+
 RATE = 8000
 FailMode = Literal["500", "drop"]
 QueueMode = Literal["fifo", "ps"]
+OUT_OF_MEMORY = "CUDA out of memory"
+WAV = common.wav_bytes(common.tone(80, RATE, 400), RATE)
 
 
-def _small_wav(duration_ms: int = 80) -> bytes:
-    frames = RATE * duration_ms // 1000
-    pcm = b"".join(
-        struct.pack("<h", round(2000 * math.sin(2 * math.pi * 400 * i / RATE)))
-        for i in range(frames)
-    )
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as writer:
-        writer.setnchannels(1)
-        writer.setsampwidth(2)
-        writer.setframerate(RATE)
-        writer.writeframes(pcm)
-    return buffer.getvalue()
-
-
-WAV = _small_wav()
-
-
-@dataclasses.dataclass(frozen=True)
-class Switches:
+@dataclasses.dataclass
+class Switches(common.Switches):
     """How the server behaves; changed at run time through ``/control``."""
 
     capacity: int = 16
     latency_ms: float = 250.0
-    jitter_ms: float = 0.0
     per_char: float | None = None
     knee: float = math.inf
     fail_mode: FailMode = "500"
@@ -89,12 +69,11 @@ class Switches:
         """Calls the server holds before a new one fails."""
         return math.floor(self.knee * self.capacity) if math.isfinite(self.knee) else math.inf
 
-    def service_s(self, chars: int) -> float:
+    def service_ms(self, chars: int) -> float:
         base = self.latency_ms
         if self.per_char:
             base *= chars / self.per_char
-        jitter = random.uniform(-self.jitter_ms, self.jitter_ms) if self.jitter_ms else 0.0
-        return max(0.0, base + jitter) / 1000
+        return self.jittered_ms(base)
 
     def fail_s(self) -> float:
         return (self.latency_ms / 5 if self.fail_ms is None else self.fail_ms) / 1000
@@ -210,18 +189,14 @@ class _Second:
     in_server_max: int = 0
 
 
-class FakeTTS:
+class FakeTTS(common.FakeServer[Switches]):
     """The aiohttp application, its server model and its counters."""
 
-    def __init__(self, switches: Switches) -> None:
-        self.switches = switches
+    def __init__(self, switches: Switches | None = None) -> None:
+        switches = switches or Switches()
         self.server = self._model(switches)
-        self.present = 0  # calls in the server: queued, served or about to fail
-        self.app = web.Application()
-        self.app.router.add_post("/v1/audio/speech", self._speech)
-        self.app.router.add_get("/stats", self._stats)
-        self.app.router.add_post("/control", self._control)
-        self.reset()
+        super().__init__(switches)
+        self.api_route("/v1/audio/speech", self._speech)
 
     @staticmethod
     def _model(switches: Switches) -> Server:
@@ -230,32 +205,26 @@ class FakeTTS:
         return FifoServer(switches.capacity)
 
     def reset(self) -> None:
+        super().reset()
         self.calls = 0
         self.ok = 0
         self.failed = 0
-        self.in_server_max = 0
         self.series: dict[int, _Second] = {}
 
     def set(self, **changes: Any) -> None:
-        if changes.pop("reset", False):
-            self.reset()
-        switches = dataclasses.replace(self.switches, **changes)
-        if switches.queue != self.switches.queue:
+        if changes.get("queue", self.switches.queue) != self.switches.queue:
             raise ValueError("queue cannot change at run time")
-        self.switches = switches
-        self.server.set_capacity(switches.capacity)
+        super().set(**changes)
+        self.server.set_capacity(self.switches.capacity)
 
     def stats(self) -> dict[str, object]:
         return {
+            **super().stats(),
             "calls": self.calls,
             "ok": self.ok,
             "failed": self.failed,
-            "in_server": self.present,
-            "in_server_max": self.in_server_max,
-            "switches": {
-                k: (None if isinstance(v, float) and math.isinf(v) else v)
-                for k, v in dataclasses.asdict(self.switches).items()
-            },
+            "in_server": self.in_flight,  # calls in the server: queued, served or about to fail
+            "in_server_max": self.in_flight_max,
             "series": [
                 {"t": t, "ok": s.ok, "failed": s.failed, "in_server_max": s.in_server_max}
                 for t, s in sorted(self.series.items())
@@ -269,19 +238,6 @@ class FakeTTS:
             second = self.series[now] = _Second()
         return second
 
-    async def _stats(self, request: web.Request) -> web.Response:
-        return web.json_response(self.stats())
-
-    async def _control(self, request: web.Request) -> web.Response:
-        try:
-            changes = await request.json()
-            if not isinstance(changes, dict):
-                raise TypeError("the body must be a JSON object of switches")
-            self.set(**changes)
-        except (ValueError, TypeError) as exc:
-            return web.json_response({"error": {"message": str(exc)}}, status=400)
-        return web.json_response(self.stats())
-
     async def _speech(self, request: web.Request) -> web.StreamResponse:
         try:
             body = await request.json()
@@ -293,28 +249,33 @@ class FakeTTS:
         if body.get("response_format", "wav") != "wav":
             return _error(400, "this fake answers wav only")
         self.calls += 1
-        self.present += 1
         switches = self.switches
-        second = self._second()
-        second.in_server_max = max(second.in_server_max, self.present)
-        self.in_server_max = max(self.in_server_max, self.present)
-        try:
-            if self.present > switches.knee_calls:
+        with self.serving():
+            second = self._second()
+            second.in_server_max = max(second.in_server_max, self.in_flight)
+            if self.in_flight > switches.knee_calls or self.take_first_failure():
                 await asyncio.sleep(switches.fail_s())
                 return self._fail(request, switches.fail_mode)
-            await self.server.serve(switches.service_s(len(text)))
-        finally:
-            self.present -= 1
+            fault = self.draw()
+            if fault.status is not None:
+                return self._fail(request, "500", fault.status, fault.message)
+            await self.server.serve(fault.wait_ms(switches.service_ms(len(text))) / 1000)
         self.ok += 1
         self._second().ok += 1
         return web.Response(body=WAV, content_type="audio/wav")
 
-    def _fail(self, request: web.Request, mode: FailMode) -> web.Response:
+    def _fail(
+        self,
+        request: web.Request,
+        mode: FailMode,
+        status: int = 500,
+        message: str = OUT_OF_MEMORY,
+    ) -> web.Response:
         self.failed += 1
         self._second().failed += 1
-        if mode == "drop" and request.transport is not None:
-            request.transport.close()
-        return _error(500, "CUDA out of memory")
+        if mode == "drop":
+            common.drop(request)
+        return _error(status, message)
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -323,55 +284,5 @@ def _error(status: int, message: str) -> web.Response:
     return web.Response(text=json.dumps(body), status=status, content_type="application/json")
 
 
-def parse_args(argv: Sequence[str] | None = None) -> tuple[int, Switches]:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
-    parser.add_argument("--capacity", type=int, default=16)
-    parser.add_argument("--latency-ms", type=float, default=250.0)
-    parser.add_argument("--jitter-ms", type=float, default=0.0)
-    parser.add_argument("--per-char", type=float, default=None, metavar="N")
-    parser.add_argument("--knee", type=float, default=math.inf)
-    parser.add_argument("--fail-mode", choices=("500", "drop"), default="500")
-    parser.add_argument("--fail-ms", type=float, default=None)
-    parser.add_argument("--queue", choices=("fifo", "ps"), default="fifo")
-    args = parser.parse_args(argv)
-    return args.port, Switches(
-        capacity=args.capacity,
-        latency_ms=args.latency_ms,
-        jitter_ms=args.jitter_ms,
-        per_char=args.per_char,
-        knee=args.knee,
-        fail_mode=args.fail_mode,
-        fail_ms=args.fail_ms,
-        queue=args.queue,
-    )
-
-
-async def _main(port: int, switches: Switches) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", port))
-    runner = web.AppRunner(
-        FakeTTS(switches).app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0
-    )
-    await runner.setup()
-    try:
-        await web.SockSite(runner, sock, backlog=1024).start()
-        print(f"LISTENING {sock.getsockname()[1]}", flush=True)
-        await stop.wait()
-    finally:
-        await runner.cleanup()
-        sock.close()
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    port, switches = parse_args(argv)
-    asyncio.run(_main(port, switches))
-
-
 if __name__ == "__main__":
-    main()
+    common.main(FakeTTS, Switches, __doc__)
