@@ -19,14 +19,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import Sequence
 from typing import Any
 
 from aiohttp import web
 
 from tests.fakes import common
-from tests.fakes.common import DROPPED as DROPPED
-from tests.fakes.common import RANDOM_ERRORS as RANDOM_ERRORS
 from tests.fakes.common import FakeHandle as FakeHandle
 
 RATE = 24000
@@ -120,10 +117,6 @@ def _validate(body: object) -> web.Response | None:
 def running_fake(**switches: Any) -> contextlib.AbstractAsyncContextManager[FakeHandle]:
     """A fake on a free port of 127.0.0.1 for the duration of the block."""
     return common.running(FakeSpeechServer(Switches(**switches)))
-
-
-def parse_args(argv: Sequence[str] | None = None) -> tuple[int, Switches]:
-    return common.command_line(Switches, argv, __doc__)
 
 
 if __name__ == "__main__":

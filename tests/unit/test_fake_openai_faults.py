@@ -12,7 +12,8 @@ import pytest
 from processor.backends.openai import OpenAIBackend
 from processor.errors import Transient
 from processor.request import Request
-from tests.fakes.openai_server import DROPPED, RANDOM_ERRORS, FakeHandle, parse_args, running_fake
+from tests.fakes.common import DROPPED, RANDOM_ERRORS, FakeHandle, command_line
+from tests.fakes.openai_server import Switches, running_fake
 
 pytestmark = pytest.mark.timeout(30)
 REQUEST = Request(request_id="r-1", text="Hello there.")
@@ -88,7 +89,7 @@ async def test_a_held_request_answers_after_hang_ms(fake: FakeHandle) -> None:
 
 def test_command_line_takes_the_fault_switches() -> None:
     ratios = ["--error-ratio", "0.2", "--timeout-ratio", "0.05"]
-    _, switches = parse_args(["--down", *ratios, "--hang-ms", "9000", "--seed", "3"])
+    _, switches = command_line(Switches, ["--down", *ratios, "--hang-ms", "9000", "--seed", "3"])
     assert switches.down
     assert (switches.error_ratio, switches.timeout_ratio) == (0.2, 0.05)
     assert (switches.hang_ms, switches.seed) == (9000, 3)
