@@ -9,19 +9,23 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import click
 from rich.console import Console
 from rich.table import Table
 
+from processor import logs
 from processor.config import single_backend
+from processor.ops import display
 from processor.ops.client import CompletionFollower, Outgoing, produce
-from processor.runner import Runner
 from processor.settings import KafkaSettings, Settings, StoreSettings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "infra"
 
 SAMPLES: list[tuple[str, str]] = [
@@ -99,35 +103,21 @@ async def run_demo(console: Console, *, keep_services: bool = False) -> int:
 async def _demo(console: Console) -> int:
     settings = Settings(
         kafka=KafkaSettings(bootstrap_servers="127.0.0.1:9092", group_id="voxline-demo"),
-        store=StoreSettings(
-            endpoint_url="http://127.0.0.1:8333", bucket="voxline-audio", region="us-east-1"
-        ),
+        store=StoreSettings(endpoint_url="http://127.0.0.1:8333", region="us-east-1"),
         backends=single_backend("espeak", max_in_flight=4),
     )
-    from processor.app import serve
-
     run_id = "demo-" + dt.datetime.now(dt.UTC).strftime("%m%d-%H%M%S")
     requests = demo_requests(run_id)
-    ready = asyncio.Event()
-    box: list[Runner] = []
-    server = asyncio.create_task(serve(settings, ready=ready, runner_box=box))
-    await asyncio.wait(
-        [server, asyncio.create_task(ready.wait())], return_when=asyncio.FIRST_COMPLETED
-    )
-    if server.done():
-        server.result()  # start-up failed: raise its error
-    follower = CompletionFollower(settings.kafka)
-    await follower.start()
-    t0 = time.monotonic()
-    try:
-        await produce(settings.kafka, requests)
-        console.print(f"submitted {len(requests)} requests (run {run_id}); waiting for events")
-        events = await follower.follow({r.request_id for r in requests}, timeout_s=180)
-    finally:
-        await follower.stop()
-        box[0].stop()
-        with contextlib.suppress(Exception):
-            await server
+    async with _processor(settings):
+        follower = CompletionFollower(settings.kafka)
+        await follower.start()
+        t0 = time.monotonic()
+        try:
+            await produce(settings.kafka, requests)
+            console.print(f"submitted {len(requests)} requests (run {run_id}); waiting for events")
+            events = await follower.follow({r.request_id for r in requests}, timeout_s=180)
+        finally:
+            await follower.stop()
     elapsed = time.monotonic() - t0
     console.print(_table(requests, events))
     ok = sum(1 for e in events.values() if e["status"] == "succeeded")
@@ -138,6 +128,26 @@ async def _demo(console: Console) -> int:
     )
     expected_ok = len(SAMPLES)
     return 0 if ok == expected_ok and bad == len(requests) - expected_ok else 1
+
+
+@contextlib.asynccontextmanager
+async def _processor(settings: Settings) -> AsyncIterator[None]:
+    """The processor running in this process from start-up until the block ends."""
+    from processor.app import App  # the whole processor: loaded to run it
+
+    app = App(settings)
+    server = asyncio.create_task(app.run())
+    await asyncio.wait(
+        [server, asyncio.create_task(app.started.wait())], return_when=asyncio.FIRST_COMPLETED
+    )
+    if server.done():
+        server.result()  # start-up failed: raise its error
+    try:
+        yield
+    finally:
+        app.stop()
+        with contextlib.suppress(Exception):
+            await server
 
 
 def _table(requests: list[Outgoing], events: dict[str, dict[str, Any]]) -> Table:
@@ -166,3 +176,22 @@ def _table(requests: list[Outgoing], events: dict[str, dict[str, Any]]) -> Table
                 event["error"]["message"],
             )
     return table
+
+
+@click.command()
+@click.option(
+    "--keep-services", is_flag=True, help="Leave the Kafka broker and S3 store running afterwards."
+)
+@click.pass_context
+def demo(ctx: click.Context, keep_services: bool) -> None:
+    """The whole pipeline on this machine: local broker and store, espeak-ng, sample
+    requests in English, Chinese and Japanese plus two invalid ones."""
+    parent = ctx.parent
+    if parent is not None and parent.get_parameter_source("log_level") in (
+        click.core.ParameterSource.DEFAULT,
+        None,
+    ):
+        # The demo's output is its table; keep the processor's info lines out of it.
+        logs.configure("warning", json=False)
+
+    sys.exit(asyncio.run(run_demo(display.console, keep_services=keep_services)))
