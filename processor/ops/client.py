@@ -9,12 +9,13 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 
 from processor.events import replay_headers
 from processor.kafka.options import connection_options
-from processor.kafka.records import end_offsets
+from processor.kafka.records import Record, end_offsets, read_to_end, reader
 from processor.settings import KafkaSettings
 
 
@@ -59,12 +60,7 @@ class CompletionFollower:
 
     def __init__(self, kafka: KafkaSettings) -> None:
         self.kafka = kafka
-        self.consumer = AIOKafkaConsumer(
-            **connection_options(kafka),
-            enable_auto_commit=False,
-            group_id=None,
-            auto_offset_reset="earliest",
-        )
+        self.consumer = reader(kafka)
 
     async def start(self) -> None:
         await self.consumer.start()
@@ -101,18 +97,19 @@ class CompletionFollower:
         return seen
 
 
+def _producer(kafka: KafkaSettings, **options: Any) -> AIOKafkaProducer:
+    return AIOKafkaProducer(
+        **connection_options(kafka), acks="all", enable_idempotence=True, **options
+    )
+
+
 async def produce(
     kafka: KafkaSettings,
     requests: Sequence[Outgoing],
     *,
     on_sent: Callable[[], None] = lambda: None,
 ) -> None:
-    producer = AIOKafkaProducer(
-        **connection_options(kafka),
-        acks="all",
-        enable_idempotence=True,
-        linger_ms=10,
-    )
+    producer = _producer(kafka, linger_ms=10)
     await producer.start()
     try:
         futures = []
@@ -129,23 +126,15 @@ async def produce(
         await producer.stop()
 
 
-# -- dead letters ----------------------------------------------------------------------------
+class DeadLetter(Record):
+    """A record of the dead-letter topic, seen as the ``dlq`` commands see it: the same
+    record, plus the request_id and failure time they filter on."""
 
+    __slots__ = ()
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class DeadLetter:
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    timestamp_ms: int
-    headers: tuple[tuple[str, bytes], ...]
-
-    def header(self, name: str) -> str | None:
-        for k, v in self.headers:
-            if k == name:
-                return v.decode("utf-8", "replace")
-        return None
+    @classmethod
+    def of(cls, record: Record) -> DeadLetter:
+        return cls(**{f.name: getattr(record, f.name) for f in dataclasses.fields(Record)})
 
     @property
     def request_id(self) -> str | None:
@@ -189,60 +178,22 @@ class DeadLetterFilter:
 
 
 async def read_dead_letters(kafka: KafkaSettings) -> list[DeadLetter]:
-    """Everything in the dead-letter topic up to its current end."""
-    consumer = AIOKafkaConsumer(
-        **connection_options(kafka),
-        enable_auto_commit=False,
-        group_id=None,
-        auto_offset_reset="earliest",
-    )
-    await consumer.start()
-    letters: list[DeadLetter] = []
-    try:
-        ends = await end_offsets(consumer, kafka.dlq_topic)
-        todo = {tp: end for tp, end in ends.items() if end > 0}
-        if not todo:
-            return []
-        consumer.assign(list(todo))
-        await consumer.seek_to_beginning(*todo)
-        while todo:
-            batch = await consumer.getmany(timeout_ms=1000)
-            for tp, messages in batch.items():
-                for msg in messages:
-                    if msg.offset < todo.get(tp, 0):
-                        letters.append(
-                            DeadLetter(
-                                msg.partition,
-                                msg.offset,
-                                msg.key,
-                                msg.value,
-                                msg.timestamp,
-                                tuple(msg.headers or ()),
-                            )
-                        )
-            for tp in list(todo):
-                if await consumer.position(tp) >= todo[tp]:
-                    del todo[tp]
-    finally:
-        await consumer.stop()
+    """Everything in the dead-letter topic up to its current end, oldest first."""
+    letters = [DeadLetter.of(r) for r in await read_to_end(kafka, kafka.dlq_topic)]
     letters.sort(key=lambda d: (d.timestamp_ms, d.partition, d.offset))
     return letters
 
 
 async def replay(
     kafka: KafkaSettings,
-    letters: Sequence[DeadLetter],
+    letters: Sequence[Record],
     *,
     on_sent: Callable[[], None] = lambda: None,
 ) -> int:
     """Resend dead letters to their original topic: same key and value, original headers,
     ``dlq.replay_count`` bumped. The timestamp is the replay's own: an old original timestamp
     could put the record past the topic's retention at once."""
-    producer = AIOKafkaProducer(
-        **connection_options(kafka),
-        acks="all",
-        enable_idempotence=True,
-    )
+    producer = _producer(kafka)
     await producer.start()
     try:
         for letter in letters:

@@ -18,7 +18,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from processor import config
 from processor.app import serve
 from processor.backends.base import Backend
-from processor.kafka.records import end_offsets
+from processor.kafka.records import end_offsets, read_to_end
 from processor.runner import Runner
 from processor.settings import KafkaSettings, Settings, StoreSettings
 from tests.integration.services import Services
@@ -120,40 +120,16 @@ class Msg:
 
 async def read_topic(kafka: KafkaSettings, topic: str) -> list[Msg]:
     """Every record of ``topic`` up to its current end."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=kafka.bootstrap_servers,
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-    )
-    await consumer.start()
-    out: list[Msg] = []
-    try:
-        ends = {tp: e for tp, e in (await end_offsets(consumer, topic)).items() if e > 0}
-        if not ends:
-            return out
-        consumer.assign(list(ends))
-        await consumer.seek_to_beginning(*ends)
-        while ends:
-            batch = await consumer.getmany(timeout_ms=500)
-            for tp, msgs in batch.items():
-                for m in msgs:
-                    if m.offset < ends.get(tp, 0):
-                        out.append(
-                            Msg(
-                                m.partition,
-                                m.offset,
-                                m.key,
-                                m.value,
-                                {k: v.decode() for k, v in (m.headers or ())},
-                            )
-                        )
-            for tp in list(ends):
-                if await consumer.position(tp) >= ends[tp]:
-                    del ends[tp]
-    finally:
-        await consumer.stop()
-    return out
+    return [
+        Msg(
+            r.partition,
+            r.offset,
+            r.key,
+            r.value,
+            {name: r.header(name) or "" for name, _ in r.headers},
+        )
+        for r in await read_to_end(kafka, topic)
+    ]
 
 
 async def wait_for(
