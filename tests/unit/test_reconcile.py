@@ -11,13 +11,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 from rich.console import Console
 
+from processor.kafka.records import Record
 from processor.ops.reconcile import (
     DeadLetterRef,
     Letter,
     Outcome,
     RequestSeen,
     StoredObject,
-    _Raw,
     account,
     key_of_uri,
     letter_of,
@@ -303,9 +303,9 @@ def test_dead_letters_are_read_from_their_headers() -> None:
         ("dlq.original.offset", b"41"),
         ("dlq.reason", b"permanent"),
     )
-    raw = _Raw(DLQ, 0, 7, b"k", b"v", 0, headers)
-    assert letter_of(raw) == Letter(DLQ, 0, 7, "permanent", DeadLetterRef(TOPIC, 2, 41))
-    assert letter_of(_Raw(DLQ, 0, 8, None, None, 0, ())) == Letter(DLQ, 0, 8, None, None)
+    record = Record(DLQ, 0, 7, b"k", b"v", 0, headers)
+    assert letter_of(record) == Letter(DLQ, 0, 7, "permanent", DeadLetterRef(TOPIC, 2, 41))
+    assert letter_of(Record(DLQ, 0, 8, None, None, 0)) == Letter(DLQ, 0, 8, None, None)
 
 
 @pytest.mark.parametrize(
