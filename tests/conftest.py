@@ -11,18 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import stamina
 
 from tests.integration.services import Services, discover
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True, scope="session")
-def _no_backoff_sleeps() -> Iterator[None]:
-    # Keep every configured attempt, drop the waits between them.
-    with stamina.set_testing(True, attempts=1000, cap=True):
-        yield
 
 
 @pytest.fixture(scope="session")
