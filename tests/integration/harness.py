@@ -16,7 +16,7 @@ import aioboto3
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from processor import config
-from processor.app import serve
+from processor.app import App
 from processor.backends.base import Backend
 from processor.kafka.records import end_offsets, read_to_end
 from processor.runner import Runner
@@ -65,19 +65,19 @@ async def running(
     settings: Settings, backends: Mapping[str, Backend] | None = None
 ) -> AsyncIterator[Runner]:
     """The processor as a task; stopped (drained) on exit. Fails fast if start-up fails."""
-    ready = asyncio.Event()
-    box: list[Runner] = []
-    task = asyncio.create_task(serve(settings, backends=backends, ready=ready, runner_box=box))
-    waiter = asyncio.create_task(ready.wait())
+    app = App(settings, backends=backends)
+    task = asyncio.create_task(app.run())
+    waiter = asyncio.create_task(app.started.wait())
     await asyncio.wait([task, waiter], return_when=asyncio.FIRST_COMPLETED, timeout=60)
     if task.done():
         task.result()
-    assert box, "processor did not start within 60 s"
+    assert app.started.is_set(), "processor did not start within 60 s"
+    assert app.runner is not None
     try:
-        yield box[0]
+        yield app.runner
         assert not task.done(), f"processor stopped early: {task}"
     finally:
-        box[0].stop()
+        app.stop()
         await asyncio.wait_for(task, timeout=settings.drain_timeout_s + 30)
 
 
