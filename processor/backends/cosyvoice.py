@@ -3,9 +3,9 @@
 Every parameter is a form field (multipart when the prompt WAV is sent); the answer is a chunked
 body of raw signed 16-bit little-endian mono PCM with no header and no rate, so the rate comes
 from ``version`` (22050 Hz for CosyVoice-300M, 24000 Hz for CosyVoice2/3) and the PCM is wrapped
-into WAV here. The route is chosen from the request's voice:
+into WAV here. The route is chosen from the utterance's voice:
 
-    request                        v1 (CosyVoice-300M)            v2, v3 (CosyVoice2, CosyVoice3)
+    utterance                      v1 (CosyVoice-300M)            v2, v3 (CosyVoice2, CosyVoice3)
     voice.preset                   /inference_sft spk_id          /inference_sft spk_id
     no voice                       /inference_sft spk_id=default_speaker; InvalidInput without one
     voice.reference + its text     /inference_zero_shot prompt_text + file prompt_wav
@@ -16,8 +16,7 @@ into WAV here. The route is chosen from the request's voice:
     preset and reference together  InvalidInput: a speaker id or a clone prompt, not both
     language                       v1 cross-lingual: a <|zh|> <|en|> <|jp|> <|yue|> <|ko|> tag
                                    before the text; otherwise ignored (the model detects it)
-    format, sample_rate            ignored: always WAV at the model's rate (the pipeline
-                                   transcodes; the completion event reports the real rate)
+    always                         WAV at the model's rate (the pipeline transcodes)
     seed, params (speed, ...)      ignored: the server has no seed or speed field
 
 Prompt markup (as upstream ``example.py`` writes it): instruct texts end in ``<|endofprompt|>``;
@@ -26,15 +25,16 @@ for v3 the zero-shot ``prompt_text``, or else ``tts_text``, starts with ``You ar
 assistant.<|endofprompt|>`` and an instruct reads ``You are a helpful assistant.
 {description}<|endofprompt|>``. Text that already holds the marker is sent unchanged.
 
-Reference audio comes from the ``ReferenceLoader`` and must be at least 16 kHz and at most
-30 s (the server's limits, checked here before sending). Outcomes map onto the error tree:
+Reference audio comes loaded with the utterance and must be at least 16 kHz and at most 30 s
+(the server's limits, checked here before sending). Outcomes map onto the error tree:
 
     HTTP status (non-2xx)          processor.classify.error_for_status (422 missing field
                                    Permanent, 500 Transient)
     2xx, no body                   Transient  error_type="empty_body"
     2xx, body cut off or odd bytes Transient  error_type="truncated_body" (how the server fails
                                    inside synthesis: unknown spk_id, overload, OOM)
-    timeout (any phase)            Transient  error_type="timeout"
+    timeout (any phase, or the     Transient  error_type="timeout"
+    call's overall deadline)
     connect/other transport        Transient  error_type="connect"
     a voice the version cannot do  InvalidInput, before any request is sent
 """
@@ -48,11 +48,15 @@ from typing import Literal
 import httpx
 
 from processor.audio import pcm_to_wav, wav_info
-from processor.backends.base import Audio, ReferenceAudio, ReferenceLoader
-from processor.backends.openai import DEFAULT_TIMEOUT, error_message
-from processor.classify import error_for_status
-from processor.errors import InvalidInput, Stage, Transient
-from processor.request import Request
+from processor.backends._http import DEFAULT_TIMEOUT, HttpClient
+from processor.backends.base import (
+    Audio,
+    ReferenceAudio,
+    Utterance,
+    invalid,
+    reference_audio,
+    transient,
+)
 
 #: The model's output rate per CosyVoice version; the response does not say.
 NATIVE_RATES: Mapping[int, int] = {1: 22050, 2: 24000, 3: 24000}
@@ -86,65 +90,66 @@ class Call:
 
     route: Route
     fields: Mapping[str, str]
-    #: ``s3://`` URI of the audio to send as ``prompt_wav``.
+    #: ``s3://`` URI of the reference audio to send as ``prompt_wav``.
     prompt_uri: str | None = None
 
 
-def plan_call(request: Request, *, version: int, default_speaker: str | None = None) -> Call:
-    """The route and form fields for a request; ``InvalidInput`` for a voice it cannot do."""
-    voice = request.voice
+def plan_call(utterance: Utterance, *, version: int, default_speaker: str | None = None) -> Call:
+    """The route and form fields for an utterance; ``InvalidInput`` for a voice it cannot do."""
+    voice = utterance.voice
     if voice.preset is not None and voice.reference is not None:
-        raise _invalid(
+        raise invalid(
             "cosyvoice takes a speaker id (voice.preset) or a clone prompt (voice.reference), "
             "not both"
         )
     if voice.description is not None:
-        return _instruct(request, version, default_speaker)
+        return _instruct(utterance, version, default_speaker)
     if voice.reference is not None:
-        return _clone(request, version)
+        return _clone(utterance, version)
     speaker = voice.preset or default_speaker
     if speaker is None:
-        raise _invalid("cosyvoice needs voice.preset (a speaker id) or a reference")
-    return Call("inference_sft", {"tts_text": _v3_text(request.text, version), "spk_id": speaker})
+        raise invalid("cosyvoice needs voice.preset (a speaker id) or a reference")
+    text = _v3_text(utterance.text, version)
+    return Call("inference_sft", {"tts_text": text, "spk_id": speaker})
 
 
-def _instruct(request: Request, version: int, default_speaker: str | None) -> Call:
-    description = request.voice.description or ""
-    reference = request.voice.reference
+def _instruct(utterance: Utterance, version: int, default_speaker: str | None) -> Call:
+    description = utterance.voice.description or ""
+    reference = utterance.voice.reference
     if version == 1:
-        speaker = request.voice.preset or default_speaker
+        speaker = utterance.voice.preset or default_speaker
         if speaker is None:
-            raise _invalid(
+            raise invalid(
                 "cosyvoice v1 instruct (voice.description) needs a preset speaker: set "
                 "voice.preset to a speaker id"
             )
         if reference is not None:
-            raise _invalid("cosyvoice v1 instruct cannot take voice.reference; use voice.preset")
+            raise invalid("cosyvoice v1 instruct cannot take voice.reference; use voice.preset")
         fields = {
-            "tts_text": request.text,
+            "tts_text": utterance.text,
             "spk_id": speaker,
             "instruct_text": _instruction(description, version),
         }
         return Call("inference_instruct", fields)
     if reference is None:
-        raise _invalid(
+        raise invalid(
             f"cosyvoice v{version} instruct (voice.description) needs reference audio: set "
             "voice.reference to the voice to restyle"
         )
-    fields = {"tts_text": request.text, "instruct_text": _instruction(description, version)}
+    fields = {"tts_text": utterance.text, "instruct_text": _instruction(description, version)}
     return Call("inference_instruct2", fields, reference.audio_uri)
 
 
-def _clone(request: Request, version: int) -> Call:
-    reference = request.voice.reference
+def _clone(utterance: Utterance, version: int) -> Call:
+    reference = utterance.voice.reference
     assert reference is not None
     if reference.text:  # the server takes an empty form field as missing
         prompt_text = _v3_text(reference.text, version)
-        fields = {"tts_text": request.text, "prompt_text": prompt_text}
+        fields = {"tts_text": utterance.text, "prompt_text": prompt_text}
         return Call("inference_zero_shot", fields, reference.audio_uri)
-    text = request.text
+    text = utterance.text
     if version == 1:
-        text = _language_tag(text, request.language)
+        text = _language_tag(text, utterance.language)
     fields = {"tts_text": _v3_text(text, version)}
     return Call("inference_cross_lingual", fields, reference.audio_uri)
 
@@ -174,35 +179,25 @@ def _language_tag(text: str, language: str) -> str:
 def check_prompt(audio: ReferenceAudio) -> None:
     """``InvalidInput`` for reference audio the server would refuse mid-synthesis."""
     if audio.sample_rate < MIN_PROMPT_RATE:
-        raise _invalid(
+        raise invalid(
             f"reference audio {audio.uri} is {audio.sample_rate} Hz; cosyvoice needs at least "
             f"{MIN_PROMPT_RATE} Hz"
         )
     if audio.duration_ms > MAX_PROMPT_MS:
-        raise _invalid(
+        raise invalid(
             f"reference audio {audio.uri} is {audio.duration_ms / 1000:.1f} s long; cosyvoice "
             f"takes at most {MAX_PROMPT_MS // 1000} s"
         )
 
 
-def _invalid(message: str) -> InvalidInput:
-    return InvalidInput(message, stage=Stage.SYNTHESIZE)
-
-
-def _transient(message: str, error_type: str, http_status: int | None = None) -> Transient:
-    return Transient(
-        message, stage=Stage.SYNTHESIZE, http_status=http_status, error_type=error_type
-    )
-
-
 def wrap_pcm(pcm: bytes, sample_rate: int, *, http_status: int = 200) -> Audio:
     """WAV audio from a 2xx body of raw PCM, or ``Transient`` when the body is not whole."""
     if not pcm:
-        raise _transient("empty body: the server sent no audio", "empty_body", http_status)
+        raise transient("empty body: the server sent no audio", "empty_body", http_status)
     try:
         wav = pcm_to_wav(pcm, sample_rate)
     except ValueError as exc:
-        raise _transient(f"truncated body: {exc}", "truncated_body", http_status) from exc
+        raise transient(f"truncated body: {exc}", "truncated_body", http_status) from exc
     info = wav_info(wav)
     return Audio(wav, "wav", info.sample_rate, info.channels, info.duration_ms)
 
@@ -220,25 +215,23 @@ class CosyVoiceBackend:
         default_speaker: str | None = None,
         timeout: httpx.Timeout = DEFAULT_TIMEOUT,
         max_connections: int = 16,
-        references: ReferenceLoader | None = None,
         client: httpx.AsyncClient | None = None,
     ) -> None:
         if version not in NATIVE_RATES:
             raise ValueError(f"cosyvoice version must be 1, 2 or 3, not {version!r}")
-        self.name = name
-        self.version = version
         if sample_rate is not None and sample_rate < 1:
             raise ValueError(f"sample_rate must be positive, not {sample_rate}")
+        self.name = name
+        self.version = version
         self.sample_rate = NATIVE_RATES[version] if sample_rate is None else sample_rate
         self._base = base_url.rstrip("/")
         self._default_speaker = default_speaker
-        self._references = references
-        self._owns_client = client is None
-        self._client = client or httpx.AsyncClient(
+        # The server fails inside synthesis by closing the socket after the headers.
+        self._http = HttpClient(
             timeout=timeout,
-            limits=httpx.Limits(
-                max_connections=max_connections, max_keepalive_connections=max_connections
-            ),
+            max_connections=max_connections,
+            client=client,
+            truncated="truncated_body",
         )
 
     def __repr__(self) -> str:
@@ -247,64 +240,22 @@ class CosyVoiceBackend:
             f"sample_rate={self.sample_rate})"
         )
 
-    async def synthesize(self, request: Request) -> Audio:
-        call = plan_call(request, version=self.version, default_speaker=self._default_speaker)
-        prompt = None if call.prompt_uri is None else await self._prompt(call.prompt_uri)
-        status, pcm = await self._send(call, prompt)
+    def check(self, utterance: Utterance) -> None:
+        self._plan(utterance)
+
+    async def synthesize(self, utterance: Utterance) -> Audio:
+        call = self._plan(utterance)
+        files = None
+        if call.prompt_uri is not None:
+            prompt = reference_audio(utterance)
+            check_prompt(prompt)
+            files = {"prompt_wav": ("prompt.wav", prompt.wav, "audio/wav")}
+        url = f"{self._base}/{call.route}"
+        status, pcm = await self._http.post(url, data=dict(call.fields), files=files)
         return wrap_pcm(pcm, self.sample_rate, http_status=status)
 
     async def aclose(self) -> None:
-        if self._owns_client:
-            await self._client.aclose()
+        await self._http.aclose()
 
-    async def _prompt(self, uri: str) -> bytes:
-        if self._references is None:
-            raise _invalid(
-                f"backend {self.name!r} has no reference loader configured, so it cannot use "
-                "voice.reference"
-            )
-        audio = await self._references.load(uri)
-        check_prompt(audio)
-        return audio.wav
-
-    async def _send(self, call: Call, prompt: bytes | None) -> tuple[int, bytes]:
-        """Status and whole body of a 2xx answer; raises for everything else."""
-        url = f"{self._base}/{call.route}"
-        files = None if prompt is None else {"prompt_wav": ("prompt.wav", prompt, "audio/wav")}
-        try:
-            async with self._client.stream(
-                "POST", url, data=dict(call.fields), files=files
-            ) as response:
-                data = await _read(response)
-        except httpx.TimeoutException as exc:
-            raise _transient(f"timed out: {type(exc).__name__}", "timeout") from exc
-        except httpx.TransportError as exc:
-            raise _transient(f"cannot reach {url}: {exc or type(exc).__name__}", "connect") from exc
-        if response.is_success:
-            return response.status_code, data
-        error = error_for_status(
-            response.status_code,
-            error_message(data),
-            stage=Stage.SYNTHESIZE,
-            retry_after=response.headers.get("Retry-After"),
-        )
-        if error is None:  # pragma: no cover - every non-2xx status maps to an error
-            raise _transient(f"unexpected HTTP {response.status_code}", "http_unexpected")
-        raise error
-
-
-async def _read(response: httpx.Response) -> bytes:
-    """The body; a connection dropped after the headers is a truncated body."""
-    try:
-        return await response.aread()
-    except httpx.TimeoutException:
-        raise
-    except httpx.TransportError as exc:
-        if not response.is_success:
-            return b""  # the status says enough; a cut error message is no loss
-        # The server fails inside synthesis this way: headers sent, then the socket closes.
-        raise _transient(
-            f"truncated body: the connection dropped mid-body ({exc or type(exc).__name__})",
-            "truncated_body",
-            response.status_code,
-        ) from exc
+    def _plan(self, utterance: Utterance) -> Call:
+        return plan_call(utterance, version=self.version, default_speaker=self._default_speaker)

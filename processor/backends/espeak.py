@@ -7,6 +7,24 @@ writes placeholder RIFF sizes when its output is a pipe; ``fix_streamed_wav`` re
 
 The voices espeak-ng has are listed once (``--voices`` and ``--voices=variant``) on first use and
 cached; presets and languages are checked against that list before any synthesis.
+
+    utterance            how this backend serves it
+    voice.preset         ``-v`` with that espeak-ng voice (``en-us``, ``cmn``, ``en+f3``), else
+                         InvalidInput naming it
+    no voice, language   ``-v`` with the language's voice (``auto``: chosen by the text's script)
+    voice.description,   InvalidInput: espeak-ng cannot design or clone voices
+    voice.reference
+    params.speed         ``-s`` (a multiplier of 175 wpm, 0.25 to 4, clamped into 80-450 wpm)
+    params.pitch         ``-p`` (an integer 0 to 99)
+    seed, other params   ignored
+    always               WAV at 22050 Hz (the pipeline transcodes)
+
+    outcome                          error
+    the binary missing               Systemic   error_type="espeak_missing"
+    non-zero exit                    Transient  error_type="espeak_exit"
+    no output, or no frames          Transient  error_type="empty_audio"
+    output that is not a WAV         Transient  error_type="malformed_audio"
+    slower than ``timeout``          Transient  error_type="timeout" (the process is killed)
 """
 
 from __future__ import annotations
@@ -14,17 +32,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import math
 import re
 from collections.abc import Mapping
 
-from processor.audio import fix_streamed_wav, wav_info, wav_pcm
-from processor.backends.base import Audio
-from processor.errors import InvalidInput, Stage, Systemic, Transient
-from processor.request import Request
+from processor.backends.base import Audio, Utterance, finite, invalid, measure, transient
+from processor.errors import Stage, Systemic
 
-#: espeak-ng's only native rate (MBROLA voices aside); there is no resampling yet.
-NATIVE_RATE = 22050
 DEFAULT_WPM = 175
 #: The rates espeak-ng accepts for ``-s``; a speed multiplier is clamped into it.
 MIN_WPM, MAX_WPM = 80, 450
@@ -110,18 +123,18 @@ def _is_han(point: int) -> bool:
     )
 
 
-def choose_voice(request: Request, voices: Voices) -> str:
-    """The ``-v`` argument for a request, or ``InvalidInput`` naming what espeak-ng lacks."""
-    preset = request.voice.preset
+def choose_voice(utterance: Utterance, voices: Voices) -> str:
+    """The ``-v`` argument for an utterance, or ``InvalidInput`` naming what espeak-ng lacks."""
+    preset = utterance.voice.preset
     if preset is not None:
         resolved = voices.resolve(preset)
         if resolved is None:
-            raise _invalid(f"espeak-ng has no voice {preset!r} (see `espeak-ng --voices`)")
+            raise invalid(f"espeak-ng has no voice {preset!r} (see `espeak-ng --voices`)")
         return resolved
-    language = request.language.lower()
+    language = utterance.language.lower()
     detected = language == "auto"
     if detected:
-        language = detect_language(request.text)
+        language = detect_language(utterance.text)
     # ``zh-TW`` falls back to ``zh``, ``en-AU`` to ``en``, as espeak-ng's own matching does.
     primary = language.partition("-")[0]
     for code in (language, primary):
@@ -130,7 +143,7 @@ def choose_voice(request: Request, voices: Voices) -> str:
             if resolved is not None:
                 return resolved
     origin = " (detected from the text's script)" if detected else ""
-    raise _invalid(f"espeak-ng has no voice for language {language!r}{origin}")
+    raise invalid(f"espeak-ng has no voice for language {language!r}{origin}")
 
 
 def prosody_args(params: Mapping[str, object]) -> list[str]:
@@ -138,45 +151,25 @@ def prosody_args(params: Mapping[str, object]) -> list[str]:
     args: list[str] = []
     speed = params.get("speed")
     if speed is not None:
-        multiplier = _number(speed)
+        multiplier = finite(speed)
         if multiplier is None or not MIN_SPEED <= multiplier <= MAX_SPEED:
-            raise _invalid(f"params.speed must be a number from {MIN_SPEED} to {MAX_SPEED}")
+            raise invalid(f"params.speed must be a number from {MIN_SPEED} to {MAX_SPEED}")
         wpm = min(MAX_WPM, max(MIN_WPM, round(DEFAULT_WPM * multiplier)))
         args += ["-s", str(wpm)]
     pitch = params.get("pitch")
     if pitch is not None:
         if not isinstance(pitch, int) or isinstance(pitch, bool) or not 0 <= pitch <= 99:
-            raise _invalid("params.pitch must be an integer from 0 to 99 for espeak")
+            raise invalid("params.pitch must be an integer from 0 to 99 for espeak")
         args += ["-p", str(pitch)]
     return args
 
 
-def check_request(request: Request) -> None:
-    """Reject at once what espeak-ng cannot do, before spawning anything."""
-    if request.voice.description is not None or request.voice.reference is not None:
-        raise _invalid("espeak does not support voice design/cloning")
-    if request.format not in ("wav", "pcm"):
-        raise _invalid(
-            f"espeak produces wav only (and raw pcm); format {request.format!r}: "
-            "transcoding arrives later"
-        )
-    if request.sample_rate is not None and request.sample_rate != NATIVE_RATE:
-        raise _invalid(
-            f"espeak produces {NATIVE_RATE} Hz; sample_rate {request.sample_rate} needs "
-            "resampling, which arrives later"
-        )
-
-
-def _number(value: object) -> float | None:
-    """The value as a finite float, or ``None`` (booleans are not numbers here)."""
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        return None
-    number = float(value)
-    return number if math.isfinite(number) else None
-
-
-def _invalid(message: str) -> InvalidInput:
-    return InvalidInput(message, stage=Stage.SYNTHESIZE)
+def check_utterance(utterance: Utterance) -> list[str]:
+    """Reject at once what espeak-ng cannot do, before spawning anything; the prosody
+    arguments of what it can."""
+    if utterance.voice.description is not None or utterance.voice.reference is not None:
+        raise invalid("espeak does not support voice design/cloning")
+    return prosody_args(utterance.params)
 
 
 def _short(data: bytes) -> str:
@@ -205,18 +198,18 @@ class EspeakBackend:
         self._voices_lock = asyncio.Lock()
         self._running: set[asyncio.subprocess.Process] = set()
 
-    async def synthesize(self, request: Request) -> Audio:
-        check_request(request)
-        args = ["-v", choose_voice(request, await self.voices())]
-        args += prosody_args(request.params)
+    def check(self, utterance: Utterance) -> None:
+        check_utterance(utterance)
+
+    async def synthesize(self, utterance: Utterance) -> Audio:
+        prosody = check_utterance(utterance)
+        args = ["-v", choose_voice(utterance, await self.voices()), *prosody]
         # NUL would end espeak-ng's text buffer early.
-        text = request.text.replace("\x00", " ").encode("utf-8")
+        text = utterance.text.replace("\x00", " ").encode("utf-8")
         if self._slots is None:
-            wav = await self._speak(args, text)
-        else:
-            async with self._slots:
-                wav = await self._speak(args, text)
-        return self._audio(wav, request)
+            return measure(await self._speak(args, text), silent="empty_audio")
+        async with self._slots:
+            return measure(await self._speak(args, text), silent="empty_audio")
 
     async def voices(self) -> Voices:
         """The voices espeak-ng has, listed at first use and then cached."""
@@ -234,27 +227,15 @@ class EspeakBackend:
     async def _list(self, option: str) -> str:
         code, out, err = await self._run([option], b"")
         if code != 0:
-            raise Transient(
-                f"espeak-ng {option} exited with {code}: {_short(err)}",
-                stage=Stage.SYNTHESIZE,
-                error_type="espeak_exit",
-            )
+            raise transient(f"espeak-ng {option} exited with {code}: {_short(err)}", "espeak_exit")
         return out.decode("utf-8", "replace")
 
     async def _speak(self, args: list[str], text: bytes) -> bytes:
         code, out, err = await self._run(["--stdout", "--stdin", *args], text)
         if code != 0:
-            raise Transient(
-                f"espeak-ng exited with {code}: {_short(err)}",
-                stage=Stage.SYNTHESIZE,
-                error_type="espeak_exit",
-            )
+            raise transient(f"espeak-ng exited with {code}: {_short(err)}", "espeak_exit")
         if not out:
-            raise Transient(
-                f"espeak-ng produced no audio: {_short(err)}",
-                stage=Stage.SYNTHESIZE,
-                error_type="empty_audio",
-            )
+            raise transient(f"espeak-ng produced no audio: {_short(err)}", "empty_audio")
         return out
 
     async def _run(self, args: list[str], stdin: bytes) -> tuple[int, bytes, bytes]:
@@ -279,43 +260,12 @@ class EspeakBackend:
             async with asyncio.timeout(self._timeout):
                 out, err = await process.communicate(stdin)
         except TimeoutError:
-            raise Transient(
-                f"espeak-ng took longer than {self._timeout:g} s",
-                stage=Stage.SYNTHESIZE,
-                error_type="timeout",
-            ) from None
+            raise transient(f"espeak-ng took longer than {self._timeout:g} s", "timeout") from None
         finally:
             self._running.discard(process)
             await _reap(process)
         assert process.returncode is not None  # communicate() waits for the exit
         return process.returncode, out, err
-
-    def _audio(self, output: bytes, request: Request) -> Audio:
-        try:
-            wav = fix_streamed_wav(output)
-            info = wav_info(wav)
-        except ValueError as exc:
-            raise Transient(
-                f"espeak-ng wrote malformed WAV: {exc}",
-                stage=Stage.SYNTHESIZE,
-                error_type="malformed_audio",
-            ) from exc
-        if info.frames == 0:
-            raise Transient(
-                "espeak-ng produced no audio frames",
-                stage=Stage.SYNTHESIZE,
-                error_type="empty_audio",
-            )
-        if request.sample_rate is not None and info.sample_rate != request.sample_rate:
-            raise _invalid(f"this espeak-ng voice produces {info.sample_rate} Hz, not resampled")
-        data = wav if request.format == "wav" else wav_pcm(wav)[1]
-        return Audio(
-            data=data,
-            format=request.format,
-            sample_rate=info.sample_rate,
-            channels=info.channels,
-            duration_ms=info.duration_ms,
-        )
 
 
 def _variant_names(listing: Mapping[str, str]) -> dict[str, str]:

@@ -2,9 +2,10 @@
 
 Each vLLM-Omni server runs one checkpoint, and each Qwen3-TTS checkpoint does one task:
 CustomVoice (named speakers), VoiceDesign (a described voice) or Base (cloning). The task is
-chosen from the request's voice; a server loaded with another checkpoint answers 400 (Permanent).
+chosen from the utterance's voice; a server loaded with another checkpoint answers 400
+(Permanent).
 
-    request feature      how this backend serves it
+    utterance            how this backend serves it
     text                 ``input``; empty or blank text is refused by the server (400, Permanent)
     no voice             ``task_type: "CustomVoice"``, ``voice`` = the constructor's
                          ``default_speaker``
@@ -14,7 +15,7 @@ chosen from the request's voice; a server loaded with another checkpoint answers
     voice.description    alone: ``task_type: "VoiceDesign"``, ``instructions``; with a preset:
                          CustomVoice with ``instructions`` as the style/emotion prompt. At most 500
                          characters (the server's limit), else InvalidInput
-    voice.reference      ``task_type: "Base"``, ``ref_audio`` = the ``ReferenceLoader``'s WAV as a
+    voice.reference      ``task_type: "Base"``, ``ref_audio`` = the loaded reference WAV as a
                          ``data:audio/wav;base64,`` URI (1 to 30 s, the server's limits, else
                          InvalidInput), ``ref_text`` = ``reference.text``. Without a transcript
                          the server refuses Base unless ``x_vector_only_mode`` is set, so it is
@@ -26,8 +27,7 @@ chosen from the request's voice; a server loaded with another checkpoint answers
                          de German, fr French, ru Russian, pt Portuguese, es Spanish, it Italian
                          (region subtags such as ``pt-BR`` use the primary one); any other code
                          is InvalidInput listing these
-    format, sample_rate  not sent per request: always ``response_format: "wav"``, 24 kHz (the
-                         pipeline transcodes; the completion event reports the real rate)
+    always               ``response_format: "wav"``, 24 kHz (the pipeline transcodes)
     seed                 ``seed``
     params.speed         ``speed`` (0.25 to 4, else InvalidInput)
     params.max_new_tokens ``max_new_tokens`` (1 to 4096, the server's range, else InvalidInput)
@@ -49,26 +49,33 @@ Outcomes map onto the error tree:
     2xx, empty body                  Transient  error_type="empty_body"
     2xx, body cut short              Transient  error_type="truncated"
     2xx, wav that does not parse     Transient  error_type="malformed_audio"
-    timeout (any phase)              Transient  error_type="timeout"
+    timeout (any phase, or the call's overall deadline)
+                                     Transient  error_type="timeout"
     connect/other transport          Transient  error_type="connect"
-    unusable request                 InvalidInput, before any request is sent
+    unusable utterance               InvalidInput, before any request is sent
 """
 
 from __future__ import annotations
 
 import base64
-import dataclasses
-import math
 from collections.abc import Mapping
 from types import MappingProxyType
 
 import httpx
 
-from processor.backends.base import Audio, ReferenceAudio, ReferenceLoader
-from processor.backends.openai import error_message, measure, read_body
-from processor.classify import error_for_status
-from processor.errors import InvalidInput, Stage, Transient, VoxlineError
-from processor.request import Request
+from processor.backends._http import HttpClient, status_error
+from processor.backends.base import (
+    Audio,
+    ReferenceAudio,
+    Utterance,
+    integer,
+    invalid,
+    measure,
+    number,
+    reference_audio,
+    transient,
+)
+from processor.errors import VoxlineError
 
 #: vLLM-Omni queues requests rather than refusing them: a long read timeout.
 DEFAULT_TIMEOUT = httpx.Timeout(300.0, connect=5.0)
@@ -106,42 +113,25 @@ JsonBody = dict[str, object]
 _KNOWN_SPEAKERS = frozenset(name.lower() for name in SPEAKERS)
 
 
-def check_request(request: Request, *, can_load_references: bool) -> None:
-    """Reject clone prompts this backend cannot send, before any I/O (``speech_body`` checks
-    the rest, also before any I/O)."""
-    voice = request.voice
-    if voice.reference is not None:
-        if voice.preset is not None or voice.description is not None:
-            raise _invalid(
-                "qwen3-tts clones from voice.reference alone (task Base); drop voice.preset "
-                "and voice.description"
-            )
-        if not can_load_references:
-            raise _invalid(
-                f"this backend has no reference loader configured: cannot read "
-                f"{voice.reference.audio_uri}"
-            )
-
-
-def speech_body(request: Request, *, model: str, default_speaker: str) -> JsonBody:
+def speech_body(utterance: Utterance, *, model: str, default_speaker: str) -> JsonBody:
     """The JSON body, but for ``ref_audio`` (see ``reference_data_uri``), which the caller adds
-    once the reference is loaded; ``InvalidInput`` for what Qwen3-TTS cannot take."""
-    body: JsonBody = {"input": request.text}
+    from the loaded reference; ``InvalidInput`` for what Qwen3-TTS cannot take."""
+    body: JsonBody = {"input": utterance.text}
     if model:
         body["model"] = model
-    body.update(_task_fields(request, default_speaker))
-    body["language"] = language_name(request.language)
+    body.update(_task_fields(utterance, default_speaker))
+    body["language"] = language_name(utterance.language)
     body["response_format"] = "wav"
-    if request.seed is not None:
-        body["seed"] = request.seed
-    body.update(sampling_params(request.params))
+    if utterance.seed is not None:
+        body["seed"] = utterance.seed
+    body.update(sampling_params(utterance.params))
     return body
 
 
 def speaker_name(preset: str) -> str:
     """The server's (lower-case) name of a known speaker; ``InvalidInput`` otherwise."""
     if preset.lower() not in _KNOWN_SPEAKERS:
-        raise _invalid(
+        raise invalid(
             f"qwen3-tts has no speaker {preset!r}; voice.preset must be one of "
             f"{', '.join(SPEAKERS)}"
         )
@@ -153,7 +143,7 @@ def language_name(code: str) -> str:
     name = LANGUAGES.get(code.lower()) or LANGUAGES.get(code.lower().partition("-")[0])
     if name is None:
         supported = ", ".join(f"{key} ({value})" for key, value in LANGUAGES.items())
-        raise _invalid(f"qwen3-tts does not speak language {code!r}; supported: {supported}")
+        raise invalid(f"qwen3-tts does not speak language {code!r}; supported: {supported}")
     return name
 
 
@@ -162,29 +152,29 @@ def sampling_params(params: Mapping[str, object]) -> JsonBody:
     type-checked and passed through."""
     out: JsonBody = {}
     if "speed" in params:
-        speed = _number(params["speed"], "params.speed")
+        speed = number(params["speed"], "params.speed")
         if not MIN_SPEED <= speed <= MAX_SPEED:
-            raise _invalid(f"params.speed must be from {MIN_SPEED} to {MAX_SPEED}")
+            raise invalid(f"params.speed must be from {MIN_SPEED} to {MAX_SPEED}")
         out["speed"] = speed
     if "max_new_tokens" in params:
-        tokens = _integer(params["max_new_tokens"], "params.max_new_tokens")
+        tokens = integer(params["max_new_tokens"], "params.max_new_tokens")
         if not MIN_NEW_TOKENS <= tokens <= MAX_NEW_TOKENS:
-            raise _invalid(
+            raise invalid(
                 f"params.max_new_tokens must be from {MIN_NEW_TOKENS} to {MAX_NEW_TOKENS}"
             )
         out["max_new_tokens"] = tokens
     for name in ("temperature", "top_p"):
         if name in params:
-            out[name] = _number(params[name], f"params.{name}")
+            out[name] = number(params[name], f"params.{name}")
     if "top_k" in params:
-        out["top_k"] = _integer(params["top_k"], "params.top_k")
+        out["top_k"] = integer(params["top_k"], "params.top_k")
     return out
 
 
 def reference_data_uri(reference: ReferenceAudio) -> str:
     """The reference WAV as a data URI; ``InvalidInput`` outside the server's 1-30 s."""
     if not MIN_REFERENCE_MS <= reference.duration_ms <= MAX_REFERENCE_MS:
-        raise _invalid(
+        raise invalid(
             f"reference audio {reference.uri} lasts {reference.duration_ms} ms; qwen3-tts takes "
             f"{MIN_REFERENCE_MS // 1000} to {MAX_REFERENCE_MS // 1000} s"
         )
@@ -194,16 +184,8 @@ def reference_data_uri(reference: ReferenceAudio) -> str:
 def error_for_response(status: int, message: str, retry_after: str | None) -> VoxlineError:
     """The error for a non-2xx answer: generation failures reported as 400 are Transient."""
     if status == 400 and any(marker in message.lower() for marker in GENERATION_FAILURES):
-        return Transient(
-            f"HTTP {status}: {message}",
-            stage=Stage.SYNTHESIZE,
-            http_status=status,
-            error_type=f"http_{status}",
-        )
-    error = error_for_status(status, message, stage=Stage.SYNTHESIZE, retry_after=retry_after)
-    if error is None:  # pragma: no cover - callers pass non-2xx statuses only
-        error = Transient(f"unexpected HTTP {status}", stage=Stage.SYNTHESIZE, http_status=status)
-    return error
+        return transient(f"HTTP {status}: {message}", f"http_{status}", status)
+    return status_error(status, message, retry_after)
 
 
 class QwenTTSBackend:
@@ -218,7 +200,6 @@ class QwenTTSBackend:
         model: str = DEFAULT_MODEL,
         timeout: httpx.Timeout = DEFAULT_TIMEOUT,
         max_connections: int = 8,
-        references: ReferenceLoader | None = None,
         default_speaker: str = "vivian",
         client: httpx.AsyncClient | None = None,
     ) -> None:
@@ -231,68 +212,49 @@ class QwenTTSBackend:
         self._model = model
         try:
             self._default_speaker = speaker_name(default_speaker)
-        except InvalidInput as exc:
+        except VoxlineError as exc:
             raise ValueError(f"default_speaker: {exc.message}") from None
-        self._references = references
-        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._owns_client = client is None
-        self._client = client or httpx.AsyncClient(
+        self._http = HttpClient(
             timeout=timeout,
-            limits=httpx.Limits(
-                max_connections=max_connections, max_keepalive_connections=max_connections
-            ),
+            max_connections=max_connections,
+            api_key=api_key,
+            client=client,
+            classify=error_for_response,
         )
 
     def __repr__(self) -> str:  # never the key
         return f"QwenTTSBackend(name={self.name!r}, url={self._url!r}, model={self._model!r})"
 
-    async def synthesize(self, request: Request) -> Audio:
-        check_request(request, can_load_references=self._references is not None)
-        body = speech_body(request, model=self._model, default_speaker=self._default_speaker)
-        if request.voice.reference is not None and self._references is not None:
-            loaded = await self._references.load(request.voice.reference.audio_uri)
-            body["ref_audio"] = reference_data_uri(loaded)
-        status, data = await self._post(body)
-        # Always asked for wav whatever the request's format: measure it as wav.
-        return measure(
-            data, dataclasses.replace(request, format="wav"), pcm_rate=0, http_status=status
-        )
+    def check(self, utterance: Utterance) -> None:
+        self._body(utterance)
+
+    async def synthesize(self, utterance: Utterance) -> Audio:
+        body = self._body(utterance)
+        if utterance.voice.reference is not None:
+            body["ref_audio"] = reference_data_uri(reference_audio(utterance))
+        status, data = await self._http.post(self._url, json=body)
+        return measure(data, http_status=status)
 
     async def ready(self) -> bool:
         """Whether vLLM's ``GET /health`` answers 200 (the engine is up)."""
-        try:
-            response = await self._client.get(self._health_url, headers=self._headers)
-        except httpx.HTTPError:
-            return False
-        return response.status_code == 200
+        response = await self._http.get(self._health_url)
+        return response is not None and response.status_code == 200
 
     async def aclose(self) -> None:
-        if self._owns_client:
-            await self._client.aclose()
+        await self._http.aclose()
 
-    async def _post(self, body: JsonBody) -> tuple[int, bytes]:
-        """Status and whole body of a 2xx answer; raises for everything else."""
-        try:
-            async with self._client.stream(
-                "POST", self._url, json=body, headers=self._headers
-            ) as response:
-                data = await read_body(response)
-        except httpx.TimeoutException as exc:
-            raise _transient(f"timed out: {type(exc).__name__}", "timeout") from exc
-        except httpx.TransportError as exc:
-            raise _transient(
-                f"cannot reach {self._url}: {exc or type(exc).__name__}", "connect"
-            ) from exc
-        if response.is_success:
-            return response.status_code, data
-        raise error_for_response(
-            response.status_code, error_message(data), response.headers.get("Retry-After")
-        )
+    def _body(self, utterance: Utterance) -> JsonBody:
+        return speech_body(utterance, model=self._model, default_speaker=self._default_speaker)
 
 
-def _task_fields(request: Request, default_speaker: str) -> JsonBody:
-    voice = request.voice
+def _task_fields(utterance: Utterance, default_speaker: str) -> JsonBody:
+    voice = utterance.voice
     if voice.reference is not None:
+        if voice.preset is not None or voice.description is not None:
+            raise invalid(
+                "qwen3-tts clones from voice.reference alone (task Base); drop voice.preset "
+                "and voice.description"
+            )
         fields: JsonBody = {"task_type": "Base"}
         if voice.reference.text is not None and voice.reference.text.strip():
             fields["ref_text"] = voice.reference.text
@@ -300,7 +262,7 @@ def _task_fields(request: Request, default_speaker: str) -> JsonBody:
             fields["x_vector_only_mode"] = True
         return fields
     if voice.description is not None and len(voice.description) > MAX_INSTRUCTIONS:
-        raise _invalid(
+        raise invalid(
             f"voice.description has {len(voice.description)} characters; qwen3-tts takes at "
             f"most {MAX_INSTRUCTIONS}"
         )
@@ -313,32 +275,3 @@ def _task_fields(request: Request, default_speaker: str) -> JsonBody:
     if voice.description is not None:
         fields["instructions"] = voice.description
     return fields
-
-
-def _number(value: object, field: str) -> float:
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        try:
-            number = float(value)
-        except OverflowError:  # an int too large for a float
-            number = math.inf
-        if math.isfinite(number):
-            return number
-    raise _invalid(f"{field} must be a finite number")
-
-
-def _integer(value: object, field: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _invalid(f"{field} must be an integer")
-    if isinstance(value, float) and not value.is_integer():
-        raise _invalid(f"{field} must be an integer")
-    return int(value)
-
-
-def _invalid(message: str) -> InvalidInput:
-    return InvalidInput(message, stage=Stage.SYNTHESIZE)
-
-
-def _transient(message: str, error_type: str, http_status: int | None = None) -> Transient:
-    return Transient(
-        message, stage=Stage.SYNTHESIZE, http_status=http_status, error_type=error_type
-    )
