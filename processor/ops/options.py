@@ -18,14 +18,10 @@ from typing import Any
 import click
 
 from processor import config
+from processor.backends.registry import KINDS
 from processor.config import BackendConfig, BackendsConfig, ReferenceConfig
 from processor.kafka.options import SASL_MECHANISMS, SECURITY_PROTOCOLS
 from processor.settings import KafkaSettings, Settings, StoreSettings
-
-try:
-    from processor.backends.registry import KINDS
-except ImportError:  # the backend registry is not in this tree yet: the config's list
-    from processor.config import KINDS
 
 #: The command line serves /healthz, /readyz and /metrics unless told not to; ``Settings``
 #: built in code (tests, the demo) does not.
