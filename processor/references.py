@@ -212,8 +212,9 @@ class ReferenceCache:
             self._bytes -= len(entry[1].wav)
 
 
-def _store_error(exc: Exception, uri: str) -> InvalidInput | Systemic:
-    """What a failed HEAD/GET means: the object is missing, or the store is unusable."""
+def store_error(exc: Exception, uri: str) -> InvalidInput | Systemic:
+    """What a failed HEAD/GET means: the object is missing (``InvalidInput``), or the store is
+    unusable (``Systemic``). The one translation of S3 client errors for references."""
     if isinstance(exc, botocore.exceptions.ClientError):
         code = str(exc.response.get("Error", {}).get("Code", ""))
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
@@ -352,7 +353,7 @@ class S3ReferenceLoader:
         try:
             head = await client.head_object(Bucket=ref.bucket, Key=ref.key)
         except _S3_ERRORS as exc:
-            raise _store_error(exc, uri) from exc
+            raise store_error(exc, uri) from exc
         cached = self._cache.get(uri, head.get("ETag", ""))
         if cached is not None:
             self._count(cache_hits=1)
@@ -376,5 +377,5 @@ class S3ReferenceLoader:
                 check_size(uri, resp.get("ContentLength", 0), self.limits)
                 data = await body.read()
         except _S3_ERRORS as exc:
-            raise _store_error(exc, uri) from exc
+            raise store_error(exc, uri) from exc
         return resp.get("ETag", ""), data

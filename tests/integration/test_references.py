@@ -25,6 +25,7 @@ from processor.references import (
     ReferenceCache,
     S3ReferenceLoader,
     parse_reference_uri,
+    store_error,
 )
 from tests.integration.services import Services
 
@@ -351,6 +352,45 @@ def test_allowed_buckets_must_not_be_a_string() -> None:
 
 
 # -- the pure parts ---------------------------------------------------------------------------
+
+
+def client_error(code: str, status: int) -> botocore.exceptions.ClientError:
+    response: Any = {"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}
+    return botocore.exceptions.ClientError(response, "HeadObject")
+
+
+@pytest.mark.parametrize(
+    "exc", [client_error("404", 404), client_error("NoSuchKey", 404), client_error("", 404)]
+)
+def test_a_missing_object_is_the_requests_own_invalid_input(exc: Exception) -> None:
+    error = store_error(exc, "s3://voxline-refs/gone.wav")
+
+    assert isinstance(error, InvalidInput)
+    assert (error.stage, error.error_type) == (Stage.VALIDATE, "reference_not_found")
+    assert "s3://voxline-refs/gone.wav does not exist" in error.message
+
+
+@pytest.mark.parametrize(
+    ("exc", "error_type", "status"),
+    [
+        (client_error("AccessDenied", 403), "s3_AccessDenied", 403),
+        (client_error("SlowDown", 503), "s3_SlowDown", 503),
+        (ConnectionRefusedError(111, "Connection refused"), "s3_unreachable", None),
+        (TimeoutError(), "s3_unreachable", None),
+        (
+            botocore.exceptions.EndpointConnectionError(endpoint_url="http://s3"),
+            "s3_unreachable",
+            None,
+        ),
+    ],
+)
+def test_an_unusable_store_is_systemic_at_the_store_stage(
+    exc: Exception, error_type: str, status: int | None
+) -> None:
+    error = store_error(exc, "s3://voxline-refs/a.wav")
+
+    assert isinstance(error, Systemic)
+    assert (error.stage, error.error_type, error.http_status) == (Stage.STORE, error_type, status)
 
 
 def test_parse_reference_uri() -> None:
