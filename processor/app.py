@@ -118,6 +118,7 @@ class App:
         self._given = dict(backends or {})
         self._stop = asyncio.Event()
         self.runner: Runner | None = None
+        self.pipeline: Pipeline | None = None
         self.counts: dict[str, int] = {}
 
     def stop(self) -> None:
@@ -139,6 +140,7 @@ class App:
             k, [k.request_topic, k.completion_topic, k.dlq_topic], k.create_topics_partitions
         )
         async with self._pipeline() as pipeline, self._http():
+            self.pipeline = pipeline
             conf: BackendsConfig = s.backends
             self.runner = Runner(
                 s,

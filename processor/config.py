@@ -31,9 +31,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-KINDS = ("espeak", "openai", "cosyvoice", "fish", "qwen")
-#: Text each family takes in one call before the pipeline splits it.
-DEFAULT_TEXT_LIMITS = {"espeak": 1000, "openai": 4096, "cosyvoice": 300, "fish": 1000, "qwen": 500}
+from processor.backends.registry import DEFAULT_TEXT_LIMITS, KINDS
+
 _BACKEND_KEYS = {
     "kind",
     "url",

@@ -19,7 +19,6 @@ from processor import config
 from processor.app import App
 from processor.backends.base import Backend
 from processor.kafka.records import end_offsets, read_to_end
-from processor.runner import Runner
 from processor.settings import KafkaSettings, Settings, StoreSettings
 from tests.integration.services import Services
 
@@ -63,7 +62,7 @@ def unique_settings(
 @contextlib.asynccontextmanager
 async def running(
     settings: Settings, backends: Mapping[str, Backend] | None = None
-) -> AsyncIterator[Runner]:
+) -> AsyncIterator[App]:
     """The processor as a task; stopped (drained) on exit. Fails fast if start-up fails."""
     app = App(settings, backends=backends)
     task = asyncio.create_task(app.run())
@@ -72,9 +71,8 @@ async def running(
     if task.done():
         task.result()
     assert app.started.is_set(), "processor did not start within 60 s"
-    assert app.runner is not None
     try:
-        yield app.runner
+        yield app
         assert not task.done(), f"processor stopped early: {task}"
     finally:
         app.stop()

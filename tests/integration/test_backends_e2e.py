@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 
 from processor.audio import wav_info
+from processor.backends.base import Utterance
 from processor.backends.cosyvoice import CosyVoiceBackend
 from processor.backends.espeak import EspeakBackend
 from processor.chunking import split_text
-from processor.request import Request, Voice
+from processor.request import Voice
 from processor.store import S3Store
 from tests.fakes.cosyvoice_server import running_fake as cosyvoice_fake
 from tests.fakes.fish_server import running_fake as fish_fake
@@ -83,10 +84,11 @@ async def test_three_backends_one_failing_the_others_unaffected(
             records.append(request(fish_ids[i], "A voice from the broken server.", backend="fish"))
             records.append(request(espeak_ids[i], "Hello from the embedded backend."))
             records.append(request(cosy_ids[i], "你好，欢迎收听。", backend="cosy"))
-        async with running(settings) as runner:
+        async with running(settings) as app:
             await produce(settings, records)
             events = await wait_for_events(settings, set(espeak_ids + cosy_ids), timeout=120)
-            fish_gate = runner.pipeline.routes["fish"].gate
+            assert app.pipeline is not None
+            fish_gate = app.pipeline.routes["fish"].gate
             assert fish_gate.is_open, "the failing backend's breaker should be open"
             assert not any(rid in events for rid in fish_ids), "held, not dead-lettered"
         assert await read_topic(settings.kafka, settings.kafka.dlq_topic) == []
@@ -106,7 +108,7 @@ async def _expected_duration(backend: object, chunks: list[str], voice: Voice) -
     rate = 0
     for text in chunks:
         audio = await backend.synthesize(  # type: ignore[attr-defined]
-            Request(request_id="probe", text=text, voice=voice)
+            Utterance(text=text, voice=voice)
         )
         info = wav_info(audio.data)
         total_frames += info.frames

@@ -122,11 +122,11 @@ async def test_malformed_records_are_dead_lettered_and_the_rest_succeed(
         if i < len(bad):
             key, value, _, _ = list(bad.values())[i]
             records.append((key, value))
-    async with running(settings) as runner:
+    async with running(settings) as app:
         await produce(settings, records)
         events = await wait_for_events(settings, set(good) | set(bad), timeout=120)
         dead = await read_topic(settings.kafka, settings.kafka.dlq_topic)
-        assert runner.in_flight >= 0  # still the same live runner; `running` checks the task
+        assert app.in_flight >= 0  # still the same live app; `running` checks the task
     for rid in good:
         assert [e.json()["status"] for e in events[rid]] == ["succeeded"]
     by_key = {d.key: d for d in dead}

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from processor import config
+from processor.backends.registry import KINDS
 from processor.config import ConfigError
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "voxline.toml"
@@ -16,7 +17,7 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "voxline.toml"
 def test_the_example_file_declares_every_family() -> None:
     conf = config.load(EXAMPLE, {"FISH_API_KEY": "s3cr3t-key"})
     assert conf.default == "espeak"
-    assert {b.kind for b in conf.backends.values()} == set(config.KINDS)
+    assert {b.kind for b in conf.backends.values()} == set(KINDS)
     cosy = conf.backends["cosy"]
     assert cosy.adaptive
     assert (cosy.min_in_flight, cosy.max_in_flight) == (1, 16)
