@@ -9,14 +9,14 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
+from processor.backends.base import Utterance
 from processor.backends.openai import OpenAIBackend
 from processor.errors import Transient
-from processor.request import Request
 from tests.fakes.common import DROPPED, RANDOM_ERRORS, FakeHandle, command_line
 from tests.fakes.openai_server import Switches, running_fake
 
 pytestmark = pytest.mark.timeout(30)
-REQUEST = Request(request_id="r-1", text="Hello there.")
+UTTERANCE = Utterance(text="Hello there.")
 
 
 @pytest.fixture
@@ -32,7 +32,7 @@ async def outcomes(fake: FakeHandle, n: int, timeout: float = 5.0) -> list[str]:
     try:
         for _ in range(n):
             try:
-                await backend.synthesize(REQUEST)
+                await backend.synthesize(UTTERANCE)
                 out.append("ok")
             except Transient as exc:
                 out.append(exc.error_type)
