@@ -50,8 +50,8 @@ from typing import TYPE_CHECKING, Self
 import aioboto3
 import aiohttp
 import botocore.exceptions
-from aiobotocore.config import AioConfig
 
+from processor import s3
 from processor.audio import fix_streamed_wav, wav_info
 from processor.backends.base import ReferenceAudio
 from processor.errors import InvalidInput, Stage, Systemic
@@ -268,12 +268,7 @@ class S3ReferenceLoader:
         self._endpoint_url = endpoint_url
         self._region = region
         self._session = session
-        self._config = AioConfig(
-            max_pool_connections=max_connections,
-            retries={"max_attempts": 2, "mode": "standard"},
-            connect_timeout=5,
-            read_timeout=30,
-        )
+        self._max_connections = max_connections
         self._cache = ReferenceCache(cache_bytes)
         self._inflight: dict[str, asyncio.Task[ReferenceAudio]] = {}
         self._stats = LoaderStats()
@@ -281,13 +276,13 @@ class S3ReferenceLoader:
         self._client: S3Client | None = None
 
     async def __aenter__(self) -> Self:
-        session = self._session or aioboto3.Session()
         self._client = await self._stack.enter_async_context(
-            session.client(
-                "s3",
-                endpoint_url=self._endpoint_url,
-                region_name=self._region,
-                config=self._config,
+            s3.client(
+                self._endpoint_url,
+                self._region,
+                max_connections=self._max_connections,
+                read_timeout=30,
+                session=self._session,
             )
         )
         return self

@@ -7,10 +7,9 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, Self
 
-import aioboto3
 import botocore.exceptions
-from aiobotocore.config import AioConfig
 
+from processor import s3
 from processor.errors import Permanent, Stage, Systemic
 
 if TYPE_CHECKING:
@@ -74,24 +73,13 @@ class S3Store:
         self.bucket = bucket
         self._endpoint_url = endpoint_url
         self._region = region
-        self._config = AioConfig(
-            max_pool_connections=max_connections,
-            retries={"max_attempts": 2, "mode": "standard"},
-            connect_timeout=5,
-            read_timeout=60,
-        )
+        self._max_connections = max_connections
         self._stack = contextlib.AsyncExitStack()
         self._client: S3Client | None = None
 
     async def __aenter__(self) -> Self:
-        session = aioboto3.Session()
         self._client = await self._stack.enter_async_context(
-            session.client(
-                "s3",
-                endpoint_url=self._endpoint_url,
-                region_name=self._region,
-                config=self._config,
-            )
+            s3.client(self._endpoint_url, self._region, max_connections=self._max_connections)
         )
         return self
 
