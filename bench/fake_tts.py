@@ -10,7 +10,8 @@
                   out of memory does. No 429, no Retry-After: the client must find C itself.
 
 The shared switches of :mod:`tests.fakes.common` work too (``fail_first_n`` fails as past the
-knee; ``down``, ``error_ratio``, ``timeout_ratio``: a held call keeps its place ``hang_ms``).
+knee; ``down``, ``error_ratio``, ``timeout_ratio``: a held call keeps its place ``hang_ms``;
+``drip_ms``: the body trickles out after the call has left the server).
 
 The body is a small valid WAV (8 kHz mono, 80 ms) whatever the text, so neither the store nor
 the network is the bottleneck. ``GET /stats`` returns totals and a per-second series (epoch
@@ -262,7 +263,7 @@ class FakeTTS(common.FakeServer[Switches]):
             await self.server.serve(fault.wait_ms(switches.service_ms(len(text))) / 1000)
         self.ok += 1
         self._second().ok += 1
-        return web.Response(body=WAV, content_type="audio/wav")
+        return await common.send(request, WAV, "audio/wav", switches)
 
     def _fail(
         self,

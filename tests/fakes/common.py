@@ -13,6 +13,9 @@ The switches every fake has (a family's ``Switches`` extends :class:`Switches`):
     timeout_ratio           this share of requests holds its answer for ``hang_ms`` (longer than
                             the client's read timeout, so the client times out)
     hang_ms                 how long a held request waits before answering anyway
+    drip_ms                 the audio goes out two bytes at a time, one pair every drip_ms (the
+                            headers promise it all): no single read waits long, so only the
+                            client's overall deadline ends the call
     seed                    seeds the random choices of error_ratio/timeout_ratio (setting it
                             again reseeds); None: unseeded
 
@@ -61,6 +64,8 @@ HOST = "127.0.0.1"
 RANDOM_ERRORS = (500, 502, 503, 504)
 #: ``statuses`` key counting requests dropped by ``down`` (no HTTP status was sent).
 DROPPED = 0
+#: Bytes a dripping body sends at a time.
+DRIP_BYTES = 2
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -106,6 +111,7 @@ class Switches:
     timeout_ratio: float = 0.0
     hang_ms: float = 30_000.0
     seed: int | None = None
+    drip_ms: float = 0.0
 
     def jittered_ms(self, base_ms: float | None = None) -> float:
         """``base_ms`` (default ``latency_ms``) +- uniform ``jitter_ms``, never below 0."""
@@ -279,20 +285,55 @@ async def answer_audio(
     switches: SpeechSwitches,
     headers: Mapping[str, str] | None = None,
 ) -> web.StreamResponse:
-    """``audio`` as a 200, broken the ways ``empty_body``, ``corrupt`` and ``truncate`` say
-    (truncate: the headers promise the whole body; half is sent, then the socket closes)."""
+    """``audio`` as a 200, broken the ways ``empty_body``, ``corrupt``, ``truncate`` and
+    ``drip_ms`` say (truncate: the headers promise the whole body; half is sent, then the socket
+    closes)."""
     if switches.empty_body:
         return web.Response(body=b"", content_type=content_type)
     if switches.corrupt:
         return web.Response(body=b"<html>upstream error</html>", content_type=content_type)
     if not switches.truncate:
-        return web.Response(body=audio, content_type=content_type, headers=headers)
-    response = web.StreamResponse(headers={"Content-Type": content_type, **(headers or {})})
-    response.content_length = len(audio)
-    await response.prepare(request)
+        return await send(request, audio, content_type, switches, headers)
+    response = await _prepared(request, len(audio), content_type, headers)
     await response.write(audio[: len(audio) // 2])
     drop(request)
     return response
+
+
+async def send(
+    request: web.Request,
+    body: bytes,
+    content_type: str,
+    switches: Switches,
+    headers: Mapping[str, str] | None = None,
+) -> web.StreamResponse:
+    """``body`` as a 200: at once, or a drip at a time with ``drip_ms``."""
+    if not switches.drip_ms:
+        return web.Response(body=body, content_type=content_type, headers=headers)
+    response = await _prepared(request, len(body), content_type, headers)
+    await write(response, body, switches)
+    await response.write_eof()
+    return response
+
+
+async def _prepared(
+    request: web.Request, length: int, content_type: str, headers: Mapping[str, str] | None
+) -> web.StreamResponse:
+    """A 200 whose headers (promising ``length`` bytes) are sent."""
+    response = web.StreamResponse(headers={"Content-Type": content_type, **(headers or {})})
+    response.content_length = length
+    await response.prepare(request)
+    return response
+
+
+async def write(response: web.StreamResponse, data: bytes, switches: Switches) -> None:
+    """Write ``data`` at once, or a drip at a time with ``drip_ms``."""
+    if not switches.drip_ms:
+        await response.write(data)
+        return
+    for start in range(0, len(data), DRIP_BYTES):
+        await response.write(data[start : start + DRIP_BYTES])
+        await asyncio.sleep(switches.drip_ms / 1000)
 
 
 def drop(request: web.Request) -> None:

@@ -301,7 +301,7 @@ class FakeCosyVoiceServer(common.FakeServer[Switches]):
             if cut:
                 await response.write(chunk[: len(chunk) // 2])
                 raise _Drop("fail_first_n")
-            await response.write(chunk)
+            await common.write(response, chunk, switches)
         if switches.malformed:
             await response.write(b"\x00")
 

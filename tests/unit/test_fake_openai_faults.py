@@ -93,3 +93,10 @@ def test_command_line_takes_the_fault_switches() -> None:
     assert switches.down
     assert (switches.error_ratio, switches.timeout_ratio) == (0.2, 0.05)
     assert (switches.hang_ms, switches.seed) == (9000, 3)
+
+
+async def test_a_dripping_body_runs_into_the_overall_deadline(fake: FakeHandle) -> None:
+    fake.set(drip_ms=20)
+    started = asyncio.get_running_loop().time()
+    assert await outcomes(fake, 1, timeout=0.5) == ["timeout"]
+    assert asyncio.get_running_loop().time() - started < 2

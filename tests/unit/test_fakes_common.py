@@ -294,3 +294,18 @@ async def test_timeout_ratio_holds_the_answer_for_hang_ms(
     with pytest.raises(httpx.ReadTimeout):
         await client.post(family.path, timeout=0.3, **family.request)
     assert fake.stats()["requests"] == 2
+
+
+async def test_drip_sends_the_body_a_little_at_a_time(
+    fake: common.FakeHandle, family: Family, client: httpx.AsyncClient
+) -> None:
+    fake.set(drip_ms=20)
+    started = time.monotonic()
+    pieces: list[bytes] = []
+    async with client.stream("POST", family.path, **family.request) as response:
+        assert response.status_code == 200
+        async for piece in response.aiter_raw():
+            pieces.append(piece)
+            if len(b"".join(pieces)) >= 20:
+                break
+    assert time.monotonic() - started >= 0.18  # ten pairs, 20 ms apart
