@@ -259,7 +259,8 @@ class FakeServer(Generic[S]):
 
 
 class SpeechServer(FakeServer[SS]):
-    """A fake that answers with one audio body: API key, scripted failures and broken bodies."""
+    """A fake that answers with one audio body (see :func:`answer_audio`): its API key and its
+    scripted failures."""
 
     def key_refused(self, request: web.Request) -> bool:
         """``api_key`` is set and the request does not carry it as a Bearer token."""
