@@ -54,7 +54,7 @@ import botocore.exceptions
 from processor import s3
 from processor.audio import fix_streamed_wav, wav_info
 from processor.backends.base import ReferenceAudio
-from processor.errors import InvalidInput, Stage, Systemic
+from processor.errors import InvalidInput, Stage, VoxlineError
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -64,7 +64,6 @@ _SCHEME = "s3://"
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _MAX_KEY_BYTES = 1024
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound"})
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -212,24 +211,13 @@ class ReferenceCache:
             self._bytes -= len(entry[1].wav)
 
 
-def store_error(exc: Exception, uri: str) -> InvalidInput | Systemic:
+def store_error(exc: Exception, uri: str) -> VoxlineError:
     """What a failed HEAD/GET means: the object is missing (``InvalidInput``), or the store is
-    unusable (``Systemic``). The one translation of S3 client errors for references."""
-    if isinstance(exc, botocore.exceptions.ClientError):
-        code = str(exc.response.get("Error", {}).get("Code", ""))
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        if code in _NOT_FOUND or status == 404:
-            return _invalid(f"reference {uri} does not exist", "reference_not_found")
-        return Systemic(
-            f"cannot read reference {uri}: {code or exc}",
-            stage=Stage.STORE,
-            http_status=status,
-            error_type=f"s3_{code or 'error'}",
-        )
-    return Systemic(
-        f"cannot read reference {uri}: store unreachable: {type(exc).__name__}: {exc}",
-        stage=Stage.STORE,
-        error_type="s3_unreachable",
+    unusable (``Systemic``)."""
+    return s3.error(
+        exc,
+        f"cannot read reference {uri}",
+        missing=lambda: _invalid(f"reference {uri} does not exist", "reference_not_found"),
     )
 
 

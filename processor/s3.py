@@ -1,13 +1,18 @@
-"""One way to open an S3 client: the audio store, the reference loader and the operator tools
-all connect through ``client``. Credentials come from the standard AWS chain."""
+"""S3, once: the audio store, the reference loader and the operator tools open their client
+with ``client`` (credentials from the standard AWS chain), and S3 errors become Voxline's
+error tree in ``error``."""
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import aioboto3
+import botocore.exceptions
 from aiobotocore.config import AioConfig
+
+from processor.errors import Permanent, Stage, Systemic, VoxlineError
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -31,4 +36,35 @@ def client(
     )
     return (session or aioboto3.Session()).client(
         "s3", endpoint_url=endpoint_url, region_name=region, config=config
+    )
+
+
+#: S3 error codes that mean the object is not there.
+NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound"})
+#: S3 error codes about this object, not the store: retrying cannot help.
+PER_OBJECT = frozenset({"EntityTooLarge", "InvalidArgument", "KeyTooLongError"})
+
+
+def error(
+    exc: Exception, what: str, *, missing: Callable[[], VoxlineError] | None = None
+) -> VoxlineError:
+    """The one translation of S3 client errors: a missing object is ``missing()`` (when the
+    caller says what that means), a rejected object ``Permanent``, anything else about the
+    store ``Systemic`` (down, unauthorised: the record waits)."""
+    if not isinstance(exc, botocore.exceptions.ClientError):
+        return Systemic(
+            f"{what}: store unreachable: {type(exc).__name__}: {exc}",
+            stage=Stage.STORE,
+            error_type="s3_unreachable",
+        )
+    code = str(exc.response.get("Error", {}).get("Code", ""))
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    if missing is not None and (code in NOT_FOUND or status == 404):
+        return missing()
+    kind = Permanent if code in PER_OBJECT else Systemic
+    return kind(
+        f"{what}: {code or exc}",
+        stage=Stage.STORE,
+        http_status=status,
+        error_type=f"s3_{code or 'error'}",
     )

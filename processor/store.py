@@ -10,13 +10,9 @@ from typing import TYPE_CHECKING, Any, Protocol, Self
 import botocore.exceptions
 
 from processor import s3
-from processor.errors import Permanent, Stage, Systemic
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
-
-#: S3 error codes that are about this object, not the store: retrying cannot help.
-_PER_OBJECT_ERRORS = frozenset({"EntityTooLarge", "InvalidArgument", "KeyTooLongError"})
 
 
 class AudioStore(Protocol):
@@ -32,30 +28,6 @@ class AudioStore(Protocol):
 def object_key(prefix: str, request_id: str, ext: str) -> str:
     """The contract's key. request_id is ``[A-Za-z0-9._:-]``, so it cannot add a ``/``."""
     return f"{prefix}{request_id}.{ext}"
-
-
-def _store_error(exc: Exception) -> Permanent | Systemic:
-    if isinstance(exc, botocore.exceptions.ClientError):
-        code = str(exc.response.get("Error", {}).get("Code", ""))
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        if code in _PER_OBJECT_ERRORS:
-            return Permanent(
-                f"store rejected object: {code}",
-                stage=Stage.STORE,
-                http_status=status,
-                error_type=f"s3_{code}",
-            )
-        return Systemic(
-            f"store error: {code or exc}",
-            stage=Stage.STORE,
-            http_status=status,
-            error_type=f"s3_{code or 'error'}",
-        )
-    return Systemic(
-        f"store unreachable: {type(exc).__name__}: {exc}",
-        stage=Stage.STORE,
-        error_type="s3_unreachable",
-    )
 
 
 class S3Store:
@@ -110,7 +82,7 @@ class S3Store:
                 Metadata=dict(metadata),
             )
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, OSError) as exc:
-            raise _store_error(exc) from exc
+            raise s3.error(exc, f"store {key}") from exc
         return f"s3://{self.bucket}/{key}"
 
     async def exists(self, key: str) -> bool:
@@ -119,7 +91,7 @@ class S3Store:
         except botocore.exceptions.ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 return False
-            raise _store_error(exc) from exc
+            raise s3.error(exc, f"store {key}") from exc
         return True
 
     async def get(self, key: str) -> tuple[bytes, dict[str, Any]]:
