@@ -9,7 +9,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from processor.offsets import OffsetTracker
+from processor.offsets import (
+    METADATA_LIMIT,
+    CommitMeta,
+    OffsetTracker,
+    Verdict,
+    decode_meta,
+    encode_meta,
+    inherited_lives,
+)
 
 TP = tuple[str, int]
 A: TP = ("t", 0)
@@ -340,3 +348,188 @@ def test_any_finish_order_is_safe_and_ends_at_last_plus_one(
                 committed = commit
     final = tracker.committable(A)
     assert (final if final is not None else committed) == offsets[-1] + 1
+
+
+# -- commit metadata: what the next owner inherits --------------------------------------------
+
+
+def test_metadata_round_trip_by_example() -> None:
+    meta = CommitMeta(frozenset({11, 12, 13, 20}), {10: 1, 14: 2, 15: 2, 30: 1}, 40)
+    text = encode_meta(10, meta)
+    assert text == "vx1;;u;1.3.6.1;0.1.1.3.2.2.e.1.1"
+    assert decode_meta(10, text) == meta
+
+
+@pytest.mark.parametrize("text", ["", "some other client's note", "v2;;;;"])
+def test_metadata_written_by_others_says_nothing(text: str) -> None:
+    assert decode_meta(5, text) == CommitMeta()
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["vx1;;", "vx1;x;;;", "vx1;;;1;", "vx1;;;1.0;", "vx1;;;;0.1.0", "vx1;;;zz!;", "vx1;;-1;;"],
+)
+def test_damaged_metadata_is_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="commit metadata"):
+        decode_meta(5, text)
+
+
+offsets_above = st.frozensets(st.integers(0, 3000), max_size=300)
+
+
+@st.composite
+def metas(draw: st.DrawFn) -> tuple[int, CommitMeta]:
+    base = draw(st.integers(0, 10**12))
+    done = frozenset(base + o for o in draw(offsets_above))
+    lives = {base + o: draw(st.integers(1, 9)) for o in draw(offsets_above) if base + o not in done}
+    frontier = draw(st.none() | st.integers(base + 1, base + 4000))
+    return base, CommitMeta(done, lives, frontier, draw(st.booleans()))
+
+
+@given(metas())
+def test_metadata_round_trips_when_it_fits(case: tuple[int, CommitMeta]) -> None:
+    base, meta = case
+    text = encode_meta(base, meta, limit=10**6)
+    assert text.isascii()
+    assert decode_meta(base, text) == meta
+
+
+@given(metas(), st.integers(16, 400))
+def test_metadata_that_does_not_fit_is_cut_from_the_high_end(
+    case: tuple[int, CommitMeta], limit: int
+) -> None:
+    base, meta = case
+    text = encode_meta(base, meta, limit=limit)
+    assert len(text) <= limit
+    back = decode_meta(base, text)
+    # Never skip an offset that was not finished; never invent a life.
+    assert back.done <= meta.done
+    assert back.lives.items() <= meta.lives.items()
+    assert (back.frontier, back.clean) == (meta.frontier, meta.clean)
+    if back.done != meta.done:
+        assert back.truncated
+        kept = max(back.done, default=base - 1)
+        assert all(o > kept for o in meta.done - back.done), "cut from the high end only"
+
+
+def test_a_full_window_of_gaps_fits_kafkas_default_limit() -> None:
+    # 1,000 uncommitted records with every other one in flight: about 500 runs each way.
+    done = frozenset(range(1, 1000, 2))
+    lives = dict.fromkeys(range(0, 1000, 2), 1)
+    text = encode_meta(0, CommitMeta(done, lives, 1032))
+    assert len(text) <= METADATA_LIMIT
+    assert decode_meta(0, text).lives == lives, "lives are kept before done offsets"
+
+
+def test_lives_grow_by_one_below_the_frontier_unless_the_writer_drained() -> None:
+    meta = CommitMeta(frozenset({12}), {11: 2, 20: 3}, 14)
+    assert inherited_lives(10, meta) == {10: 1, 11: 3, 13: 1, 20: 3}
+    clean = CommitMeta(meta.done, meta.lives, meta.frontier, clean=True)
+    assert inherited_lives(10, clean) == {11: 2, 20: 3}
+
+
+def test_an_inherited_partition_skips_what_was_done_and_counts_lives() -> None:
+    tracker: OffsetTracker = OffsetTracker(solo_after=2, give_up_after=3)
+    text = encode_meta(10, CommitMeta(frozenset({11, 13}), {12: 1, 14: 2}, 15))
+    tracker.inherit(A, 10, text)
+    assert tracker.is_inherited(A)
+    verdicts = {o: tracker.verdict(A, o) for o in range(10, 17)}
+    assert verdicts == {
+        10: Verdict.RUN,  # lives 1 (in flight at the crash)
+        11: Verdict.SKIP,
+        12: Verdict.SOLO,  # lives 2
+        13: Verdict.SKIP,
+        14: Verdict.GIVE_UP,  # lives 3
+        15: Verdict.RUN,  # above the frontier: never dispatched
+        16: Verdict.RUN,
+    }
+    assert tracker.verdict(B, 0) is Verdict.RUN  # never inherited: knows nothing
+
+
+def test_commit_points_carry_done_offsets_and_lives_and_only_what_changed() -> None:
+    tracker: OffsetTracker = OffsetTracker()
+    tracker.inherit(A, 10, encode_meta(10, CommitMeta(frozenset(), {}, 12)))
+    tracker.reserve(A, 10, 20)
+    for o in (10, 11, 12):
+        tracker.start(A, o)
+    tracker.finish(A, 11)
+    points = tracker.commit_points([A])
+    point = points[A]
+    assert point.offset == 10
+    back = decode_meta(10, point.metadata)
+    assert back.done == {11}
+    assert back.lives == {10: 1}  # lost one life with the writer before; 11 finished
+    assert back.frontier == 20
+    tracker.mark_sent(points)
+    assert tracker.commit_points([A]) == {}, "nothing new to say"
+    assert not tracker.needs_frontier(A, 19)
+    assert tracker.needs_frontier(A, 20)
+
+
+def test_a_first_write_ahead_commits_at_the_first_offset_before_it_starts() -> None:
+    tracker: OffsetTracker = OffsetTracker()
+    tracker.inherit(A, None, "")
+    assert tracker.commit_points([A]) == {}
+    tracker.reserve(A, 7, 40)
+    point = tracker.commit_points([A])[A]
+    assert (point.offset, point.frontier) == (7, 40)
+
+
+def test_pinned_frontiers_cover_exactly_the_record_run_alone() -> None:
+    tracker: OffsetTracker = OffsetTracker()
+    for tp in (A, B):
+        tracker.inherit(tp, 0, "")
+        tracker.reserve(tp, 0, 50)
+        tracker.start(tp, 0)
+        tracker.finish(tp, 0)
+    tracker.pin_frontiers(A, 1)
+    points = tracker.commit_points([A, B])
+    assert points[A].frontier == 2
+    assert points[B].frontier == 1
+
+
+class Crash(NamedTuple):
+    landed: tuple[int, str]
+    finished: set[int]
+    finished_at_commit: set[int]
+
+
+@st.composite
+def lives_before_a_crash(draw: st.DrawFn) -> Crash:
+    """One owner starts offsets 0..n-1, finishes them in any order, commits now and then
+    (some commits lost), and dies; returns the last commit that landed."""
+    n = draw(st.integers(1, 40))
+    tracker: OffsetTracker = OffsetTracker(limit=draw(st.sampled_from([60, METADATA_LIMIT])))
+    tracker.inherit(A, 0, "")
+    tracker.reserve(A, 0, n + 5)
+    for o in range(n):
+        tracker.start(A, o)
+    finished: set[int] = set()
+    landed, at_commit = (0, ""), set()
+    for o in draw(st.permutations(range(n))):
+        if draw(st.booleans()):
+            tracker.finish(A, o)
+            finished.add(o)
+        if draw(st.booleans()):
+            points = tracker.commit_points([A])
+            lands: bool = draw(st.booleans())
+            if points and lands:
+                tracker.mark_sent(points)
+                landed, at_commit = (points[A].offset, points[A].metadata), set(finished)
+    return Crash(landed, finished, at_commit)
+
+
+@given(lives_before_a_crash())
+@settings(max_examples=300)
+def test_the_next_owner_never_skips_an_unfinished_record(crash: Crash) -> None:
+    offset, text = crash.landed
+    heir: OffsetTracker = OffsetTracker()
+    heir.inherit(A, offset, text)
+    skipped = {o for o in range(offset, 60) if heir.verdict(A, o) is Verdict.SKIP}
+    assert skipped <= crash.finished
+    assert skipped <= crash.finished_at_commit, "only what the landed commit knew"
+    if not decode_meta(offset, text).truncated:
+        # ...and everything it knew: a crash redoes only what was in flight.
+        assert skipped == {o for o in crash.finished_at_commit if o >= offset}
+    unfinished = {o for o in range(offset, 60) if o not in skipped and heir.lives(A, o)}
+    assert all(heir.lives(A, o) == 1 for o in unfinished)
