@@ -1,36 +1,41 @@
 """The consumer loop: a bounded window of records in flight, commits that never pass an
-unfinished record, pause/resume for backpressure, drain on revocation and shutdown."""
+unfinished record, pause/resume for backpressure, drain on revocation and shutdown.
+
+Commits carry metadata (``processor.offsets``): the next owner of a partition skips what was
+already finished, and a record that keeps dying with the process is run alone, then given up
+on (dead-lettered). Every call to the broker is bounded in time, so an outage can neither
+wedge the loop nor keep a shutdown from ending within the drain timeout.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Awaitable, Iterable
+from typing import TypeVar
 
 import structlog
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaError
 
-from processor.kafka.options import connection_options
-from processor.kafka.records import Record, to_record
+from processor.inflight import Handler, InFlight
+from processor.kafka.consumer import (
+    Committed,
+    Consumer,
+    ConsumerError,
+    Fetched,
+    TopicPartition,
+    Unreadable,
+)
 from processor.observability import Health, Metrics
-from processor.offsets import OffsetTracker
-from processor.pipeline import Pipeline
+from processor.offsets import OffsetTracker, Verdict
 from processor.settings import Settings
 
 log = structlog.get_logger("voxline.runner")
 
-
-class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, runner: Runner) -> None:
-        self.runner = runner
-
-    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
-        await self.runner.release(list(revoked))
-
-    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
-        log.info("partitions assigned", partitions=sorted(str(tp) for tp in assigned))
+_T = TypeVar("_T")
+#: The longest one commit (or metadata read, or close) may hold the loop.
+COMMIT_TIMEOUT_S = 5.0
 
 
 class Runner:
@@ -39,7 +44,8 @@ class Runner:
     def __init__(
         self,
         settings: Settings,
-        pipeline: Pipeline,
+        pipeline: Handler,
+        consumer: Consumer,
         *,
         window: int,
         metrics: Metrics | None = None,
@@ -47,82 +53,92 @@ class Runner:
     ) -> None:
         self.settings = settings
         self.pipeline = pipeline
+        self.consumer = consumer
         self.metrics = metrics or Metrics()
         self.health = health or Health(time.monotonic())
         #: Records held at once (backend calls are bounded per backend by their gates).
         self.window = window
-        self.tracker: OffsetTracker = OffsetTracker()
-        self.tasks: dict[asyncio.Task[None], tuple[TopicPartition, int]] = {}
-        self._slot_freed = asyncio.Event()
-        self._stopping = asyncio.Event()
-        self.counts = {"succeeded": 0, "failed": 0}
-        k = settings.kafka
-        self.consumer = AIOKafkaConsumer(
-            **connection_options(k),
-            group_instance_id=k.group_instance_id,
-            group_id=k.group_id,
-            client_id=k.client_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_poll_records=max(1, self.window),
-            # Prefetch per partition: the default 1 MiB times many partitions is most of the
-            # processor's memory while it drains a backlog; 256 KiB costs no throughput.
-            max_partition_fetch_bytes=256 * 1024,
-            # The drain on revocation must end before the group gives up on us.
-            rebalance_timeout_ms=int((settings.drain_timeout_s + 30) * 1000),
-            max_poll_interval_ms=int((settings.drain_timeout_s + 60) * 1000),
-            session_timeout_ms=10_000,
-            heartbeat_interval_ms=3_000,
+        self.tracker = OffsetTracker()
+        self.work = InFlight(pipeline, self.tracker, self.metrics)
+        #: Seconds one broker call may hold the loop.
+        self.bound = min(
+            COMMIT_TIMEOUT_S, 4 * settings.commit_interval_s, settings.drain_timeout_s / 4
         )
+        #: Fetched, not started yet: behind a record that must run alone, or not inherited.
+        self._held: deque[tuple[TopicPartition, Fetched]] = deque()
+        self._revoking: set[TopicPartition] = set()
+        self._stopping = asyncio.Event()
+        self._stop_at = 0.0
 
     def stop(self) -> None:
         """Ask the loop to stop fetching, drain and exit (signal-handler safe)."""
         self.health.set_draining()
+        if not self._stopping.is_set():
+            self._stop_at = time.monotonic()
         self._stopping.set()
 
     @property
     def in_flight(self) -> int:
-        return len(self.tasks)
+        return len(self.work)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Outcomes so far: succeeded, failed, skipped (finished before, not redone)."""
+        return self.work.counts
 
     async def run(self, *, ready: asyncio.Event | None = None) -> None:
         await self.consumer.start()
         try:
-            self.consumer.subscribe([self.settings.kafka.request_topic], listener=_Listener(self))
+            self.consumer.subscribe([self.settings.kafka.request_topic], self)
             if ready is not None:
                 ready.set()
             await self._loop()
-            await self._drain(list(self.tasks))
-            await self._commit()
+            await self._shutdown()
         finally:
-            await self._cancel(list(self.tasks))
-            with contextlib.suppress(Exception):
-                await self.consumer.stop()
+            await self.work.cancel(list(self.work.tasks))
+            try:
+                await asyncio.wait_for(self.consumer.stop(), self.bound)
+            except Exception as exc:
+                log.warning("consumer did not close cleanly", error=repr(exc))
             log.info("consumer stopped", **self.counts)
 
     async def _loop(self) -> None:
         last_commit = time.monotonic()
+        failures = 0
         while not self._stopping.is_set():
             now = time.monotonic()
             self.health.tick(now)
             self.health.assigned(len(self.consumer.assignment()), now)
-            self.metrics.records_in_flight(len(self.tasks))
-            self._slot_freed.clear()
-            free = self.window - len(self.tasks)
+            self.metrics.records_in_flight(len(self.work))
+            self.work.freed.clear()
+            free = self.window - len(self.work) - len(self._held)
             self._pause(everything=free <= 0)
-            if free <= 0:
-                # Keep polling so the group sees us alive; paused partitions return nothing.
-                await self.consumer.getmany(timeout_ms=0)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._slot_freed.wait(), timeout=0.2)
-            else:
-                batch = await self.consumer.getmany(timeout_ms=200, max_records=free)
-                for tp, messages in batch.items():
-                    for msg in messages:
-                        self._dispatch(tp, to_record(msg))
+            try:
+                # Full: keep polling so the group sees us alive; paused partitions return nothing.
+                batch = await self.consumer.getmany(
+                    timeout_ms=200 if free > 0 else 0, max_records=max(1, free)
+                )
+                failures = 0
+            except ConsumerError as exc:
+                failures += 1
+                self._failed("poll", exc)
+                await self._sleep(min(5.0, 0.1 * 2**failures))
+                continue
+            for tp, items in batch.items():
+                self._held.extend((tp, item) for item in items)
+            await self._admit()
+            if self._held or len(self.work) >= self.window:
+                await self._sleep(0.2, self.work.freed)
             if time.monotonic() - last_commit >= self.settings.commit_interval_s:
                 await self._commit()
                 last_commit = time.monotonic()
         self._pause(everything=True)
+
+    async def _sleep(self, seconds: float, until: asyncio.Event | None = None) -> None:
+        """Wait ``seconds``, less if ``until`` (default: stop) is set."""
+        event = until or self._stopping
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout=seconds)
 
     def _pause(self, *, everything: bool) -> None:
         """Pause all partitions when the window is full, else those whose uncommitted gap
@@ -140,80 +156,161 @@ class Runner:
         if (paused & assigned) - wanted:
             self.consumer.resume(*((paused & assigned) - wanted))
 
-    def _dispatch(self, tp: TopicPartition, record: Record) -> None:
-        self.metrics.record_in(tp.topic)
-        self.tracker.start(tp, record.offset)
-        task = asyncio.create_task(self._process(tp, record), name=f"{tp}@{record.offset}")
-        self.tasks[task] = (tp, record.offset)
-        task.add_done_callback(self._done)
+    # -- admission: what to do with each record read ---------------------------------------
 
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self.tasks.pop(task, None)
-        self._slot_freed.set()
-
-    async def _process(self, tp: TopicPartition, record: Record) -> None:
-        try:
-            outcome = await self.pipeline.handle(record)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            # Not finished, so its offset is never committed: a restart redoes it.
-            log.exception(
-                "record left unfinished",
-                topic=tp.topic,
-                partition=tp.partition,
-                offset=record.offset,
-            )
+    async def _admit(self) -> None:
+        """Start held records in order: skip those finished before, run alone one that was
+        in flight when processes died, give up on one that died with them too often."""
+        assigned = self.consumer.assignment() - self._revoking
+        if any(not self.tracker.is_inherited(tp) for tp in assigned):
+            await self._inherit(assigned)
+        ready: list[tuple[TopicPartition, Fetched, Verdict]] = []
+        work, runs = self.work, 0
+        while self._held and work.solo is None and len(work) + runs < self.window:
+            tp, item = self._held[0]
+            if tp not in assigned:  # revoked: the new owner reads it
+                self._held.popleft()
+                continue
+            if not self.tracker.is_inherited(tp):
+                break
+            verdict = self.tracker.verdict(tp, item.offset)
+            if isinstance(item, Unreadable) and verdict is not Verdict.SKIP:
+                verdict = Verdict.RUN  # dead-lettered either way
+            if verdict is Verdict.SOLO and (work.tasks or runs):
+                break
+            self._held.popleft()
+            ready.append((tp, item, verdict))
+            runs += verdict is not Verdict.SKIP
+            if verdict is Verdict.SOLO:
+                break
+        if not ready:
             return
-        self.counts[outcome] = self.counts.get(outcome, 0) + 1
-        self.tracker.finish(tp, record.offset)
+        if await self._write_ahead(ready):
+            for tp, item, verdict in ready:  # in offset order, skipped ones too
+                if verdict is Verdict.SKIP:
+                    work.skip(tp, item)
+                else:
+                    work.start(tp, item, verdict)
+        else:
+            self._held.extendleft((tp, item) for tp, item, _ in reversed(ready))
 
-    async def _commit(self, partitions: Iterable[TopicPartition] | None = None) -> None:
+    async def _inherit(self, assigned: set[TopicPartition]) -> None:
+        """Read what the broker holds for newly assigned partitions, metadata included."""
+        todo = sorted(tp for tp in assigned if not self.tracker.is_inherited(tp))
+        reads = asyncio.gather(*(self.consumer.committed(tp) for tp in todo))
+        ok, found = await self._bounded("committed", reads)
+        if not ok or found is None:
+            return  # their records wait; tried again on the next pass
+        for tp, committed in zip(todo, found, strict=True):
+            if tp not in self.consumer.assignment():
+                continue
+            offset = None if committed is None else committed.offset
+            try:
+                meta = self.tracker.inherit(
+                    tp, offset, "" if committed is None else committed.metadata
+                )
+            except ValueError as exc:
+                log.warning("unreadable commit metadata ignored", partition=str(tp), error=str(exc))
+                meta = self.tracker.inherit(tp, offset, "")
+            if meta.done or meta.lives or meta.frontier:
+                log.info(
+                    "inherited commit metadata",
+                    partition=str(tp),
+                    offset=offset,
+                    done=len(meta.done),
+                    lives=sum(meta.lives.values()),
+                    clean=meta.clean,
+                    truncated=meta.truncated,
+                )
+
+    async def _write_ahead(self, ready: list[tuple[TopicPartition, Fetched, Verdict]]) -> bool:
+        """Before records run, commit a frontier past them, so that if the process dies
+        they lose a life. A record run alone needs it landed; others go ahead regardless."""
+        tp, item, verdict = ready[-1]
+        if verdict is Verdict.SOLO:
+            log.warning(
+                "running alone a record the process died with before",
+                partition=str(tp),
+                offset=item.offset,
+                lives=self.tracker.lives(tp, item.offset),
+            )
+            self.tracker.pin_frontiers(tp, item.offset)
+            return await self._commit()
+        spans: dict[TopicPartition, tuple[int, int]] = {}
+        for tp, item, v in ready:
+            if v is not Verdict.SKIP:
+                spans[tp] = (spans.get(tp, (item.offset, 0))[0], item.offset)
+        reserve = {tp: s for tp, s in spans.items() if self.tracker.needs_frontier(tp, s[1])}
+        for tp, (first, last) in reserve.items():
+            self.tracker.reserve(tp, first, last + 1 + self.window)
+        if reserve:
+            await self._commit()
+        return True
+
+    # -- commits, drains, revocation ---------------------------------------------------------
+
+    async def _commit(
+        self, partitions: Iterable[TopicPartition] | None = None, *, clean: bool = False
+    ) -> bool:
+        """Commit what moved; ``False`` if the broker did not take it in time (retried on the
+        next tick; nothing is lost: uncommitted work is redone)."""
         assigned = self.consumer.assignment()
         wanted = assigned if partitions is None else [tp for tp in partitions if tp in assigned]
-        offsets = self.tracker.commit_offsets(wanted)
-        if not offsets:
-            return
-        try:
-            await self.consumer.commit(dict(offsets))
-        except KafkaError as exc:
-            log.warning("commit failed; will retry", error=str(exc), error_type=type(exc).__name__)
-            return
-        self.tracker.mark_committed(offsets)
-        for key, offset in offsets.items():
-            tp: TopicPartition = key  # the tracker's keys are the TopicPartitions we gave it
+        points = self.tracker.commit_points(wanted, clean=clean)
+        if not points:
+            return True
+        offsets = {tp: Committed(p.offset, p.metadata) for tp, p in points.items()}
+        ok, _ = await self._bounded("commit", self.consumer.commit(offsets))
+        if not ok:
+            return False
+        self.tracker.mark_sent(points)
+        for tp, point in points.items():
             high = self.consumer.highwater(tp)
             if high is not None:
-                self.metrics.lag(tp.topic, tp.partition, max(0, high - offset))
-        log.debug("committed", offsets={str(tp): off for tp, off in offsets.items()})
+                self.metrics.lag(tp.topic, tp.partition, max(0, high - point.offset))
+        log.debug("committed", offsets={str(tp): p.offset for tp, p in points.items()})
+        return True
 
-    async def _drain(self, tasks: list[asyncio.Task[None]]) -> None:
-        if not tasks:
-            return
-        log.info(
-            "draining in-flight records", count=len(tasks), timeout_s=self.settings.drain_timeout_s
-        )
-        _, pending = await asyncio.wait(tasks, timeout=self.settings.drain_timeout_s)
-        if pending:
-            log.warning(
-                "drain deadline passed; abandoning records for redelivery", count=len(pending)
-            )
+    async def _bounded(self, call: str, work: Awaitable[_T]) -> tuple[bool, _T | None]:
+        """``work`` within ``bound`` seconds; a timeout or ``ConsumerError`` is logged."""
+        try:
+            return True, await asyncio.wait_for(work, self.bound)
+        except (TimeoutError, ConsumerError) as exc:
+            self._failed(call, exc)
+            return False, None
 
-    async def _cancel(self, tasks: list[asyncio.Task[None]]) -> None:
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+    def _failed(self, call: str, exc: Exception) -> None:
+        kind = "timeout" if isinstance(exc, TimeoutError) else type(exc).__name__
+        self.work.counters.consumer_errors.labels(call=call, error_type=kind).inc()
+        log.warning(f"{call} failed; will retry", error=str(exc) or kind, timeout_s=self.bound)
+
+    async def _shutdown(self) -> None:
+        """Drain, commit and leave within the drain timeout from ``stop``."""
+        self._held.clear()
+        end = self._stop_at + self.settings.drain_timeout_s - 2 * self.bound
+        await self.work.drain(list(self.work.tasks), max(0.0, end - time.monotonic()))
+        await self._commit(clean=True)
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        log.info("partitions assigned", partitions=sorted(str(tp) for tp in assigned))
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        await self.release(revoked)
 
     async def release(self, revoked: list[TopicPartition]) -> None:
         """Partitions are being taken away: finish what we can, commit it, drop the rest so
         the new owner redoes it."""
         gone = set(revoked)
-        mine = [t for t, (tp, _) in self.tasks.items() if tp in gone]
-        await self._drain(mine)
-        await self._commit(revoked)
-        await self._cancel([t for t in mine if not t.done()])
-        for tp in revoked:
-            self.tracker.drop(tp)
-            self.metrics.forget_partition(tp.topic, tp.partition)
+        self._revoking |= gone
+        try:
+            self._held = deque(x for x in self._held if x[0] not in gone)
+            mine = self.work.of(gone)
+            await self.work.drain(mine, self.settings.drain_timeout_s)
+            await self._commit(revoked, clean=True)
+            await self.work.cancel([t for t in mine if not t.done()])
+            for tp in revoked:
+                self.tracker.drop(tp)
+                self.metrics.forget_partition(tp.topic, tp.partition)
+        finally:
+            self._revoking -= gone
         log.info("partitions revoked", partitions=sorted(str(tp) for tp in revoked))
