@@ -4,10 +4,16 @@ can write and aiokafka cannot read (a header name that is not UTF-8)."""
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import struct
 from collections.abc import Sequence
+from typing import Any
 
+from aiokafka import TopicPartition
+from aiokafka.client import AIOKafkaClient
+from aiokafka.errors import for_code
+from aiokafka.protocol.produce import ProduceRequest
 from aiokafka.record.util import calc_crc32c
 
 Header = tuple[bytes, bytes | None]
@@ -56,3 +62,27 @@ def batch(
     after_crc += payload
     head = struct.pack(">ibI", 0, 2, calc_crc32c(after_crc))
     return struct.pack(">qi", base_offset, len(head) + len(after_crc)) + head + after_crc
+
+
+async def produce_batch(bootstrap_servers: str, topic: str, partition: int, data: bytes) -> int:
+    """Write ``data`` (one batch) to the partition's leader as it is; returns its base offset.
+    A raw ProduceRequest: the producer API re-encodes header names, this does not."""
+    client = AIOKafkaClient(bootstrap_servers=bootstrap_servers)
+    await client.bootstrap()
+    try:
+        tp = TopicPartition(topic, partition)
+        for _ in range(50):
+            await client.force_metadata_update()
+            leader = client.cluster.leader_for_partition(tp)
+            if leader is not None and leader >= 0:
+                break
+            await asyncio.sleep(0.2)
+        request = ProduceRequest(None, -1, 30_000, [(topic, [(partition, data)])])
+        response: Any = await client.send(leader, request)
+        ((_, parts),) = response.topics
+        _, error_code, offset, *_ = parts[0]
+        if error_code:
+            raise for_code(error_code)()
+        return int(offset)
+    finally:
+        await client.close()
