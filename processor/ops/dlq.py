@@ -11,6 +11,7 @@ from typing import Any
 import click
 from rich.table import Table
 
+from processor.errors import Reason
 from processor.ops.client import DeadLetter, DeadLetterFilter, read_dead_letters, replay
 from processor.ops.display import console, progress
 from processor.ops.options import KAFKA, options, settings_from_options
@@ -23,7 +24,7 @@ def _filters() -> list[click.Parameter]:
         click.Option(
             ["--reason", "reasons"],
             multiple=True,
-            type=click.Choice(["invalid_input", "permanent", "retries_exhausted", "expired"]),
+            type=click.Choice([reason.value for reason in Reason]),
             help="Only this dlq.reason (repeatable).",
         ),
         click.Option(
