@@ -180,6 +180,19 @@ def test_the_object_may_match_either_of_two_redelivered_events() -> None:
     assert report.ok
 
 
+def test_two_records_with_one_request_id_must_leave_the_later_one_s_audio() -> None:
+    # The earlier text's audio under the key while the later event names other audio: the
+    # race the processor's per-request_id ordering prevents.
+    events = [ok("a", size=10, sha=SHA), ok("a", size=12, sha="d" * 64)]
+    sends = [sent("a", offset=0), sent("a", offset=1)]
+    report = account(sends, events, [], [obj("a")], bucket=BUCKET)
+    assert report.bad_object_ids == ("a",)
+    fixed = account(
+        sends, events, [], [obj("a", size=12, sha="d" * 64, content=None)], bucket=BUCKET
+    )
+    assert fixed.ok
+
+
 def test_objects_no_event_names_are_orphans_unless_older_than_since() -> None:
     stray_new = StoredObject("p/stray.wav", 5, SHA, None, last_modified_ms=2_000)
     stray_old = StoredObject("p/old.wav", 5, SHA, None, last_modified_ms=500)

@@ -235,7 +235,9 @@ def _account_one(
         tally.failed.append(rid)
         tally.reasons[failed[-1].reason or "?"] += 1
     if ok:
-        _check_object(rid, ok, stored, bucket, tally)
+        # Records sharing a request_id are processed in offset order, so the later record's
+        # audio is what stays; redeliveries of one record may land in either order.
+        _check_object(rid, ok if len(seen) == 1 else ok[-1:], stored, bucket, tally)
     if failed:
         _check_letters(rid, seen, failed, letters, tally)
 
