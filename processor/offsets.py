@@ -21,7 +21,10 @@ the next owner of a partition, after a crash or a rebalance, knows more than the
   had dispatched (or was about to), and unless the writer drained and said so (*clean*),
   every unfinished offset below the frontier lost one more life with it. A record that
   keeps dying with the process is run alone (so others are not blamed for it) and, past a
-  limit, given up on (dead-lettered) instead of crashing the next process too.
+  limit, given up on (dead-lettered) instead of crashing the next process too. The frontier
+  runs a window ahead of what was dispatched (one commit per window, not one per record), so
+  a crash also costs a life to some records never started: hence alone only from the third
+  life, when two crashes in a row caught a record unfinished.
 
 ``processor.commit_meta`` holds the wire form; :meth:`OffsetTracker.inherit`
 reads it back, :meth:`OffsetTracker.commit_points` writes it.
@@ -135,7 +138,7 @@ class OffsetTracker:
     """Which offset of each partition is safe to commit, given out-of-order completion."""
 
     def __init__(
-        self, *, solo_after: int = 2, give_up_after: int = 5, limit: int = METADATA_LIMIT
+        self, *, solo_after: int = 3, give_up_after: int = 5, limit: int = METADATA_LIMIT
     ) -> None:
         self._parts: dict[PartitionKey, _Partition] = {}
         self.solo_after = solo_after

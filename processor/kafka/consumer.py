@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaError, for_code
+from aiokafka.errors import KafkaError, OffsetMetadataTooLargeError, for_code
 from aiokafka.protocol.fetch import FetchRequest
 
 from processor.kafka.batches import RawRecord, read_batches
@@ -186,7 +186,13 @@ class KafkaConsumer:
 
     async def commit(self, offsets: Mapping[TopicPartition, Committed]) -> None:
         try:
-            await self.client.commit({tp: (c.offset, c.metadata) for tp, c in offsets.items()})
+            try:
+                await self.client.commit({tp: (c.offset, c.metadata) for tp, c in offsets.items()})
+            except OffsetMetadataTooLargeError:
+                # The broker allows less than Kafka's default 4 KiB: commit the bare offsets
+                # (a restart then redoes more, never less) rather than nothing at all.
+                log.warning("broker refused the commit metadata as too large; committing without")
+                await self.client.commit({tp: (c.offset, "") for tp, c in offsets.items()})
         except KafkaError as exc:
             raise ConsumerError(f"{type(exc).__name__}: {exc}") from exc
 

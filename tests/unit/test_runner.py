@@ -261,12 +261,12 @@ async def test_after_a_crash_only_records_in_flight_are_redone() -> None:
 
 async def test_a_record_that_keeps_killing_the_process_is_given_up_after_five_lives() -> None:
     log = MemoryLog()
-    fill(log, 0, 4)  # 1: slow in the first two lives (innocent); 2: kills every process
+    fill(log, 0, 4)  # 1: slow in the first three lives (innocent); 2: kills every process
     lives: list[FakePipeline] = []
     for life in range(5):
         pipe = FakePipeline()
         pipe.hold(0, 2)
-        if life < 2:
+        if life < 3:
             pipe.hold(0, 1)
         lives.append(pipe)
         await crashing(log, pipe, lambda pipe=pipe: (0, 2) in pipe.started)  # type: ignore[misc]
@@ -281,11 +281,12 @@ async def test_a_record_that_keeps_killing_the_process_is_given_up_after_five_li
     assert isinstance(error, InternalError)
     assert error.reason is Reason.INTERNAL_ERROR
     assert error.error_type == "crash_loop"
-    # From its third life on the suspect ran alone, so the innocent slow record that shared
-    # its first two crashes was not blamed: it finished when run alone, never dead-lettered.
-    assert all(lives[i].alongside[(0, 2)] == set() for i in (2, 3, 4))
-    assert (0, 1) in lives[2].finished
-    assert lives[2].alongside[(0, 1)] == set()
+    # From its fourth life on the suspect ran alone, so the innocent slow record that shared
+    # its first three crashes was not blamed: it finished when run alone, never dead-lettered.
+    assert all(lives[i].alongside[(0, 2)] == set() for i in (3, 4))
+    assert lives[2].alongside[(0, 2)] != set(), "not alone before"
+    assert (0, 1) in lives[3].finished
+    assert lives[3].alongside[(0, 1)] == set()
     assert counter(metrics, "voxline_records_given_up_total", topic="requests") == 1
 
 
