@@ -39,13 +39,11 @@ Decisions:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import functools
 import re
 from collections import OrderedDict
-from types import TracebackType
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING
 
 import aioboto3
 import aiohttp
@@ -230,7 +228,7 @@ _S3_ERRORS = (
 )
 
 
-class S3ReferenceLoader:
+class S3ReferenceLoader(s3.Connection):
     """Loads, checks and caches reference audio from S3 (see the module docstring).
 
     Use inside ``async with``: it opens one S3 client with a small connection pool.
@@ -253,35 +251,16 @@ class S3ReferenceLoader:
             raise TypeError("allowed_buckets must be a set of bucket names, not a string")
         self.allowed_buckets = frozenset(allowed_buckets)
         self.limits = ReferenceLimits(max_bytes, max_duration_ms, min_sample_rate)
-        self._endpoint_url = endpoint_url
-        self._region = region
-        self._session = session
-        self._max_connections = max_connections
+        super().__init__(
+            endpoint_url,
+            region,
+            max_connections=max_connections,
+            read_timeout=30,
+            session=session,
+        )
         self._cache = ReferenceCache(cache_bytes)
         self._inflight: dict[str, asyncio.Task[ReferenceAudio]] = {}
         self._stats = LoaderStats()
-        self._stack = contextlib.AsyncExitStack()
-        self._client: S3Client | None = None
-
-    async def __aenter__(self) -> Self:
-        self._client = await self._stack.enter_async_context(
-            s3.client(
-                self._endpoint_url,
-                self._region,
-                max_connections=self._max_connections,
-                read_timeout=30,
-                session=self._session,
-            )
-        )
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def aclose(self) -> None:
         """Cancel loads in progress and close the client."""
@@ -289,8 +268,7 @@ class S3ReferenceLoader:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await self._stack.aclose()
-        self._client = None
+        await super().aclose()
 
     @property
     def stats(self) -> LoaderStats:
@@ -301,11 +279,6 @@ class S3ReferenceLoader:
     def cached_bytes(self) -> int:
         return self._cache.size_bytes
 
-    def _client_or_raise(self) -> S3Client:
-        if self._client is None:
-            raise RuntimeError("S3ReferenceLoader used outside its 'async with' block")
-        return self._client
-
     def _count(self, **fields: int) -> None:
         self._stats = dataclasses.replace(
             self._stats, **{k: getattr(self._stats, k) + v for k, v in fields.items()}
@@ -314,7 +287,7 @@ class S3ReferenceLoader:
     async def load(self, uri: str) -> ReferenceAudio:
         """The checked reference at ``uri`` (see the module docstring for what it raises)."""
         ref = parse_reference_uri(uri, self.allowed_buckets)
-        client = self._client_or_raise()
+        client = self.client
         task = self._inflight.get(uri)
         if task is None:
             task = asyncio.create_task(self._fetch(client, uri, ref))

@@ -5,8 +5,9 @@ error tree in ``error``."""
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Self
 
 import aioboto3
 import botocore.exceptions
@@ -68,3 +69,44 @@ def error(
         http_status=status,
         error_type=f"s3_{code or 'error'}",
     )
+
+
+class Connection:
+    """An S3 client held open from ``async with`` entry to exit (or ``aclose``)."""
+
+    def __init__(
+        self,
+        endpoint_url: str | None,
+        region: str | None,
+        *,
+        max_connections: int = 16,
+        read_timeout: float = 60,
+        session: aioboto3.Session | None = None,
+    ) -> None:
+        self._open = functools.partial(
+            client,
+            endpoint_url,
+            region,
+            max_connections=max_connections,
+            read_timeout=read_timeout,
+            session=session,
+        )
+        self._stack = contextlib.AsyncExitStack()
+        self._client: S3Client | None = None
+
+    async def __aenter__(self) -> Self:
+        self._client = await self._stack.enter_async_context(self._open())
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._stack.aclose()
+        self._client = None
+
+    @property
+    def client(self) -> S3Client:
+        if self._client is None:
+            raise RuntimeError(f"{type(self).__name__} used outside its 'async with' block")
+        return self._client

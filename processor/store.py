@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Mapping
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol, Self
+from typing import TYPE_CHECKING, Any, Protocol
 
 import botocore.exceptions
 
 from processor import s3
 
 if TYPE_CHECKING:
-    from types_aiobotocore_s3 import S3Client
+    pass
 
 
 class AudioStore(Protocol):
@@ -30,7 +28,7 @@ def object_key(prefix: str, request_id: str, ext: str) -> str:
     return f"{prefix}{request_id}.{ext}"
 
 
-class S3Store:
+class S3Store(s3.Connection):
     """Puts are single PUT requests, which S3 makes visible atomically: a reader sees the
     whole object under its final key or none (no partial object)."""
 
@@ -42,33 +40,8 @@ class S3Store:
         region: str | None = None,
         max_connections: int = 16,
     ) -> None:
+        super().__init__(endpoint_url, region, max_connections=max_connections)
         self.bucket = bucket
-        self._endpoint_url = endpoint_url
-        self._region = region
-        self._max_connections = max_connections
-        self._stack = contextlib.AsyncExitStack()
-        self._client: S3Client | None = None
-
-    async def __aenter__(self) -> Self:
-        self._client = await self._stack.enter_async_context(
-            s3.client(self._endpoint_url, self._region, max_connections=self._max_connections)
-        )
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self._stack.aclose()
-        self._client = None
-
-    @property
-    def client(self) -> S3Client:
-        if self._client is None:
-            raise RuntimeError("S3Store used outside its 'async with' block")
-        return self._client
 
     async def put(
         self, key: str, data: bytes, content_type: str, metadata: Mapping[str, str]
@@ -89,7 +62,7 @@ class S3Store:
         try:
             await self.client.head_object(Bucket=self.bucket, Key=key)
         except botocore.exceptions.ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            if exc.response.get("Error", {}).get("Code") in s3.NOT_FOUND:
                 return False
             raise s3.error(exc, f"store {key}") from exc
         return True
