@@ -20,7 +20,7 @@ from processor.events import (
 )
 from processor.kafka.headers import Headers
 from processor.kafka.records import Record
-from processor.kafka.sink import EventSink
+from processor.kafka.sink import EventSink, Outbound
 from processor.observability import Metrics
 from processor.retry import Policy
 from processor.settings import Settings
@@ -48,7 +48,8 @@ class Outcomes:
         headers = ce_headers(subject, ce_type, status, self.settings.event_source, now())
         value = encode(body)
         topic = self.settings.kafka.completion_topic
-        await run_step(lambda: self.sink.send(topic, subject.encode(), value, headers), self.policy)
+        out = Outbound(topic, subject.encode(), value, headers)
+        await run_step(lambda: self.sink.send(out), self.policy)
 
     async def succeeded(self, request_id: str, body: Mapping[str, object]) -> None:
         await self.publish(request_id, SUCCEEDED_TYPE, "succeeded", body)
@@ -115,7 +116,9 @@ class Outcomes:
 
         async def send(value: bytes | None, headers: Headers) -> tuple[int, int]:
             return await run_step(
-                lambda: self.sink.send(topic, record.key, value, headers, record.timestamp_ms),
+                lambda: self.sink.send(
+                    Outbound(topic, record.key, value, headers, record.timestamp_ms)
+                ),
                 self.policy,
             )
 

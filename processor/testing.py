@@ -9,13 +9,12 @@ succeed. When the script runs out, calls succeed.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections.abc import Awaitable, Callable, Mapping
 
 from processor.audio import pcm_to_wav
 from processor.backends.base import Audio, ReferenceAudio, Utterance
 from processor.errors import InvalidInput, Stage
-from processor.kafka.headers import Headers, header_value
+from processor.kafka.sink import Outbound
 
 Step = BaseException | None
 
@@ -44,39 +43,20 @@ class Script:
                 raise step
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Sent:
-    topic: str
-    key: bytes | None
-    value: bytes | None
-    headers: Headers
-    timestamp_ms: int | None
-
-    def header(self, name: str) -> str | None:
-        return header_value(self.headers, name)
-
-
 class MemorySink:
     """Keeps what was sent, per topic; ``scripts`` make sends to a topic fail."""
 
     def __init__(self) -> None:
-        self.sent: list[Sent] = []
+        self.sent: list[Outbound] = []
         self.scripts: dict[str, Script] = {}
 
-    async def send(
-        self,
-        topic: str,
-        key: bytes | None,
-        value: bytes | None,
-        headers: Headers,
-        timestamp_ms: int | None = None,
-    ) -> tuple[int, int]:
-        if topic in self.scripts:
-            await self.scripts[topic].next()
-        self.sent.append(Sent(topic, key, value, list(headers), timestamp_ms))
-        return 0, sum(1 for s in self.sent if s.topic == topic) - 1
+    async def send(self, out: Outbound) -> tuple[int, int]:
+        if out.topic in self.scripts:
+            await self.scripts[out.topic].next()
+        self.sent.append(out)
+        return 0, len(self.on(out.topic)) - 1
 
-    def on(self, topic: str) -> list[Sent]:
+    def on(self, topic: str) -> list[Outbound]:
         return [s for s in self.sent if s.topic == topic]
 
 

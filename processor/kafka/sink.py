@@ -10,6 +10,7 @@ reports itself unhealthy until the new one is up.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -25,7 +26,7 @@ from aiokafka.errors import (
 )
 
 from processor.errors import Permanent, Stage, Systemic, VoxlineError
-from processor.kafka.headers import Headers
+from processor.kafka.headers import Headers, header_value
 from processor.kafka.options import connection_options
 from processor.settings import KafkaSettings
 
@@ -41,15 +42,23 @@ PER_RECORD_ERRORS: tuple[type[KafkaError], ...] = (
 )
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Outbound:
+    """A record to produce."""
+
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: Headers = dataclasses.field(default_factory=list)
+    #: None: the time of sending.
+    timestamp_ms: int | None = None
+
+    def header(self, name: str) -> str | None:
+        return header_value(self.headers, name)
+
+
 class EventSink(Protocol):
-    async def send(
-        self,
-        topic: str,
-        key: bytes | None,
-        value: bytes | None,
-        headers: Headers,
-        timestamp_ms: int | None = None,
-    ) -> tuple[int, int]:
+    async def send(self, out: Outbound) -> tuple[int, int]:
         """Send one record and wait until the broker acknowledged it: (partition, offset)."""
         ...
 
@@ -120,20 +129,17 @@ class KafkaSink:
                 self._unstarted = False
                 self._on_health(True)
 
-    async def send(
-        self,
-        topic: str,
-        key: bytes | None,
-        value: bytes | None,
-        headers: Headers,
-        timestamp_ms: int | None = None,
-    ) -> tuple[int, int]:
+    async def send(self, out: Outbound) -> tuple[int, int]:
         try:
             if self._unstarted or self.dead:
                 await self._ensure_alive()
             meta = await self.producer.send_and_wait(
-                topic, value=value, key=key, headers=headers, timestamp_ms=timestamp_ms
+                out.topic,
+                value=out.value,
+                key=out.key,
+                headers=out.headers,
+                timestamp_ms=out.timestamp_ms,
             )
         except KafkaError as exc:
-            raise producer_error(topic, exc) from exc
+            raise producer_error(out.topic, exc) from exc
         return int(meta.partition), int(meta.offset)

@@ -16,7 +16,7 @@ from processor.config import BackendConfig
 from processor.errors import InvalidInput, Stage
 from processor.gate import Gate
 from processor.kafka.records import Record, read_to_end
-from processor.kafka.sink import KafkaSink
+from processor.kafka.sink import KafkaSink, Outbound
 from processor.limiter import StaticLimit
 from processor.pipeline import Pipeline
 from processor.routes import Route
@@ -42,14 +42,14 @@ async def test_a_dead_producer_is_replaced_and_health_says_so(services: Services
     sink = KafkaSink(k, on_health=health.append)
     await sink.start()
     try:
-        assert await sink.send(k.completion_topic, b"k", b"before", [])
+        assert await sink.send(Outbound(k.completion_topic, b"k", b"before"))
         # The sender task ends the way it does when it dies: every later send would fail.
         sender = sink.producer._sender.sender_task
         sender.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await sender
         assert sink.dead
-        await sink.send(k.completion_topic, b"k", b"after", [])
+        await sink.send(Outbound(k.completion_topic, b"k", b"after"))
     finally:
         await sink.stop()
     assert sink.replacements == 1
