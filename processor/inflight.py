@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter
@@ -188,7 +188,7 @@ class InFlight:
             )
 
     @staticmethod
-    async def cancel(tasks: list[asyncio.Task[None]]) -> None:
+    async def cancel(tasks: list[asyncio.Task[Any]]) -> None:
         for task in tasks:
             task.cancel()
         if tasks:

@@ -34,8 +34,11 @@ from processor.settings import Settings
 log = structlog.get_logger("voxline.runner")
 
 _T = TypeVar("_T")
-#: The longest one commit (or metadata read, or close) may hold the loop.
+#: The longest one commit (or metadata read, or close) may take.
 COMMIT_TIMEOUT_S = 5.0
+#: Commits go out at least this often while work finishes (in the background): what a
+#: crash redoes beyond the records in flight is what finished since the last one landed.
+COMMIT_EVERY_S = 0.1
 
 
 class Runner:
@@ -69,6 +72,9 @@ class Runner:
         self._revoking: set[TopicPartition] = set()
         self._stopping = asyncio.Event()
         self._stop_at = 0.0
+        #: One commit at a time, its points computed under the lock: they land in order.
+        self._commit_lock = asyncio.Lock()
+        self._committer: asyncio.Task[bool] | None = None
 
     def stop(self) -> None:
         """Ask the loop to stop fetching, drain and exit (signal-handler safe)."""
@@ -95,7 +101,9 @@ class Runner:
             await self._loop()
             await self._shutdown()
         finally:
-            await self.work.cancel(list(self.work.tasks))
+            await self.work.cancel(
+                [*self.work.tasks, *([self._committer] if self._committer else [])]
+            )
             try:
                 await asyncio.wait_for(self.consumer.stop(), self.bound)
             except Exception as exc:
@@ -104,6 +112,7 @@ class Runner:
 
     async def _loop(self) -> None:
         last_commit = time.monotonic()
+        every = min(COMMIT_EVERY_S, self.settings.commit_interval_s)
         failures = 0
         while not self._stopping.is_set():
             now = time.monotonic()
@@ -129,8 +138,9 @@ class Runner:
             await self._admit()
             if self._held or len(self.work) >= self.window:
                 await self._sleep(0.2, self.work.freed)
-            if time.monotonic() - last_commit >= self.settings.commit_interval_s:
-                await self._commit()
+            if time.monotonic() - last_commit >= every:
+                if self._committer is None or self._committer.done():
+                    self._committer = asyncio.create_task(self._commit(), name="commit")
                 last_commit = time.monotonic()
         self._pause(everything=True)
 
@@ -254,16 +264,17 @@ class Runner:
     ) -> bool:
         """Commit what moved; ``False`` if the broker did not take it in time (retried on the
         next tick; nothing is lost: uncommitted work is redone)."""
-        assigned = self.consumer.assignment()
-        wanted = assigned if partitions is None else [tp for tp in partitions if tp in assigned]
-        points = self.tracker.commit_points(wanted, clean=clean)
-        if not points:
-            return True
-        offsets = {tp: Committed(p.offset, p.metadata) for tp, p in points.items()}
-        ok, _ = await self._bounded("commit", self.consumer.commit(offsets))
-        if not ok:
-            return False
-        self.tracker.mark_sent(points)
+        async with self._commit_lock:
+            assigned = self.consumer.assignment()
+            wanted = assigned if partitions is None else [t for t in partitions if t in assigned]
+            points = self.tracker.commit_points(wanted, clean=clean)
+            if not points:
+                return True
+            offsets = {tp: Committed(p.offset, p.metadata) for tp, p in points.items()}
+            ok, _ = await self._bounded("commit", self.consumer.commit(offsets))
+            if not ok:
+                return False
+            self.tracker.mark_sent(points)
         for tp, point in points.items():
             high = self.consumer.highwater(tp)
             if high is not None:
@@ -289,6 +300,8 @@ class Runner:
         self._held.clear()
         end = self._stop_at + self.settings.drain_timeout_s - 2 * self.bound
         await self.work.drain(list(self.work.tasks), max(0.0, end - time.monotonic()))
+        if self._committer is not None:
+            await self.work.cancel([self._committer])  # the last commit says it all
         await self._commit(clean=True)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
