@@ -245,7 +245,7 @@ class Runner:
                 lives=self.tracker.lives(tp, item.offset),
             )
             self.tracker.pin_frontiers(tp, item.offset)
-            return await self._commit()
+            return await self._commit_now()
         spans: dict[TopicPartition, tuple[int, int]] = {}
         for tp, item, v in ready:
             if v is not Verdict.SKIP:
@@ -254,7 +254,7 @@ class Runner:
         for tp, (first, last) in reserve.items():
             self.tracker.reserve(tp, first, last + 1 + self.window)
         if reserve:
-            await self._commit()
+            await self._commit_now()
         return True
 
     # -- commits, drains, revocation ---------------------------------------------------------
@@ -281,6 +281,14 @@ class Runner:
                 self.metrics.lag(tp.topic, tp.partition, max(0, high - point.offset))
         log.debug("committed", offsets={str(tp): p.offset for tp, p in points.items()})
         return True
+
+    async def _commit_now(self) -> bool:
+        """A commit work waits for: within ``bound``, waiting for the lock included."""
+        try:
+            return await asyncio.wait_for(self._commit(), self.bound)
+        except TimeoutError as exc:
+            self._failed("commit", exc)
+            return False
 
     async def _bounded(self, call: str, work: Awaitable[_T]) -> tuple[bool, _T | None]:
         """``work`` within ``bound`` seconds; a timeout or ``ConsumerError`` is logged."""
