@@ -19,6 +19,7 @@ from processor import config
 from processor.app import App
 from processor.backends.base import Backend
 from processor.kafka.records import end_offsets, read_to_end
+from processor.kafka.topics import ensure_topics
 from processor.settings import KafkaSettings, Settings, StoreSettings
 from tests.integration.services import Services
 
@@ -57,6 +58,15 @@ def unique_settings(
         )
     )
     return Settings(kafka=kafka, store=store, backends=backends, **overrides)
+
+
+async def with_request_topic(
+    services: Services, name: str, partitions: int, **overrides: Any
+) -> Settings:
+    """``unique_settings`` whose request topic exists, with ``partitions`` partitions."""
+    settings = unique_settings(services, name, **overrides)
+    await ensure_topics(settings.kafka, [settings.kafka.request_topic], partitions)
+    return settings
 
 
 @contextlib.asynccontextmanager

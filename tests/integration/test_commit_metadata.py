@@ -11,11 +11,10 @@ from collections.abc import Callable
 import pytest
 
 from processor.kafka.consumer import Committed, KafkaConsumer, TopicPartition, kafka_consumer
-from processor.kafka.topics import ensure_topics
 from processor.offsets import METADATA_LIMIT, CommitMeta, decode_meta, encode_meta
 from processor.runner import Runner
 from processor.settings import Settings
-from tests.integration.harness import produce, unique_settings
+from tests.integration.harness import produce, with_request_topic
 from tests.integration.services import Services
 from tests.pipelines import FakePipeline
 
@@ -53,11 +52,9 @@ async def _until(check: Callable[[], bool], what: str, timeout: float = 60) -> N
 async def test_metadata_committed_by_one_consumer_is_read_back_by_the_next(
     services: Services,
 ) -> None:
-    settings = unique_settings(services, "meta")
-    topic = settings.kafka.request_topic
-    await ensure_topics(settings.kafka, [topic], 1)
+    settings = await with_request_topic(services, "meta", 1)
     await produce(settings, [(None, b"%d" % i) for i in range(5)])
-    tp = TopicPartition(topic, 0)
+    tp = TopicPartition(settings.kafka.request_topic, 0)
     # As large as Voxline ever writes: every other offset of a long gap finished.
     meta = CommitMeta(frozenset(range(3, 2000, 2)), dict.fromkeys(range(4, 2000, 2), 1), 2100)
     text = encode_meta(2, meta)
@@ -95,11 +92,11 @@ async def _read(settings: Settings, tp: TopicPartition) -> Committed:
 async def test_after_a_crash_the_next_runner_redoes_only_what_was_in_flight(
     services: Services,
 ) -> None:
-    settings = unique_settings(services, "crashmeta", commit_interval_s=0.1, drain_timeout_s=5)
-    topic = settings.kafka.request_topic
-    await ensure_topics(settings.kafka, [topic], 1)
+    settings = await with_request_topic(
+        services, "crashmeta", 1, commit_interval_s=0.1, drain_timeout_s=5
+    )
     await produce(settings, [(None, b"%d" % i) for i in range(12)])
-    tp = TopicPartition(topic, 0)
+    tp = TopicPartition(settings.kafka.request_topic, 0)
 
     first = FakePipeline()
     first.hold(0, 3, 7)  # in flight at the crash; the other ten finish

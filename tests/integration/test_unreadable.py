@@ -10,11 +10,10 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from processor.errors import InvalidInput
-from processor.kafka.consumer import TopicPartition, kafka_consumer
-from processor.kafka.topics import ensure_topics
+from processor.kafka.consumer import kafka_consumer
 from processor.runner import Runner
 from tests.batches import batch, produce_batch
-from tests.integration.harness import unique_settings
+from tests.integration.harness import committed, with_request_topic
 from tests.integration.services import Services
 from tests.pipelines import FakePipeline
 
@@ -24,9 +23,10 @@ pytestmark = pytest.mark.integration
 async def test_an_unreadable_record_is_dead_lettered_and_no_other_record_is_lost(
     services: Services,
 ) -> None:
-    settings = unique_settings(services, "unreadable", commit_interval_s=0.1, drain_timeout_s=5)
+    settings = await with_request_topic(
+        services, "unreadable", 2, commit_interval_s=0.1, drain_timeout_s=5
+    )
     topic = settings.kafka.request_topic
-    await ensure_topics(settings.kafka, [topic], 2)
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers)
     await producer.start()
     try:
@@ -66,10 +66,4 @@ async def test_an_unreadable_record_is_dead_lettered_and_no_other_record_is_lost
     assert pipe.dead_records[0].key == b"k3"
     assert pipe.dead_records[0].value == b"bad", "the dead letter keeps the original value"
 
-    check = kafka_consumer(settings, 8)
-    await check.start()
-    try:
-        offsets = [await check.committed(TopicPartition(topic, p)) for p in (0, 1)]
-    finally:
-        await check.stop()
-    assert [c.offset if c else None for c in offsets] == [6, 4]
+    assert await committed(settings) == {0: 6, 1: 4}
