@@ -11,18 +11,7 @@ import wave
 
 import pytest
 
-from tests.integration.harness import (
-    Msg,
-    events_by_id,
-    get_objects,
-    produce,
-    read_topic,
-    request,
-    running,
-    unique_settings,
-    wait_for,
-    wait_for_events,
-)
+from tests.integration import harness
 from tests.integration.services import Services
 
 pytestmark = pytest.mark.integration
@@ -38,18 +27,20 @@ LINES = [
 async def test_200_requests_become_200_valid_wavs(
     services: Services, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    settings = unique_settings(services, "bulk", max_in_flight=8)
+    settings = harness.unique_settings(services, "bulk", max_in_flight=8)
     ids = [f"bulk-{i:03d}" for i in range(200)]
-    async with running(settings):
+    async with harness.running(settings):
         t0 = time.monotonic()
-        await produce(
+        await harness.produce(
             settings,
             [
-                request(rid, LINES[i % 4][1], language=LINES[i % 4][0], metadata={"n": str(i)})
+                harness.request(
+                    rid, LINES[i % 4][1], language=LINES[i % 4][0], metadata={"n": str(i)}
+                )
                 for i, rid in enumerate(ids)
             ],
         )
-        events = await wait_for_events(settings, set(ids), timeout=300)
+        events = await harness.wait_for_events(settings, set(ids), timeout=300)
         elapsed = time.monotonic() - t0
     with capsys.disabled():
         print(
@@ -57,7 +48,9 @@ async def test_200_requests_become_200_valid_wavs(
             f"{200 / elapsed:.1f} requests/s (espeak-ng, window 8)"
         )
     assert set(events) == set(ids)
-    objects = await get_objects(services, [events[r][0].json()["audio"]["uri"] for r in ids])
+    objects = await harness.get_objects(
+        services, [events[r][0].json()["audio"]["uri"] for r in ids]
+    )
     for i, rid in enumerate(ids):
         (event,) = events[rid]
         body = event.json()
@@ -78,13 +71,13 @@ async def test_200_requests_become_200_valid_wavs(
             duration_ms = round(wav.getnframes() * 1000 / wav.getframerate())
         assert duration_ms > 0
         assert abs(duration_ms - body["audio"]["duration_ms"]) <= 1
-    assert await read_topic(settings.kafka, settings.kafka.dlq_topic) == []
+    assert await harness.read_topic(settings.kafka, settings.kafka.dlq_topic) == []
 
 
 async def test_malformed_records_are_dead_lettered_and_the_rest_succeed(
     services: Services,
 ) -> None:
-    settings = unique_settings(services, "mixed", max_in_flight=4, max_text_chars=500)
+    settings = harness.unique_settings(services, "mixed", max_in_flight=4, max_text_chars=500)
     bad: dict[str, tuple[bytes | None, bytes | None, str, str]] = {
         # request_id (or the key it is known by): key, value, expected stage, field in message
         "bad-json": (b"bad-json", b"{not json", "decode", ""),
@@ -118,14 +111,14 @@ async def test_malformed_records_are_dead_lettered_and_the_rest_succeed(
     good = [f"good-{i}" for i in range(12)]
     records: list[tuple[bytes | None, bytes | None]] = []
     for i, rid in enumerate(good):
-        records.append(request(rid, LINES[i % 4][1], language=LINES[i % 4][0]))
+        records.append(harness.request(rid, LINES[i % 4][1], language=LINES[i % 4][0]))
         if i < len(bad):
             key, value, _, _ = list(bad.values())[i]
             records.append((key, value))
-    async with running(settings) as app:
-        await produce(settings, records)
-        events = await wait_for_events(settings, set(good) | set(bad), timeout=120)
-        dead = await read_topic(settings.kafka, settings.kafka.dlq_topic)
+    async with harness.running(settings) as app:
+        await harness.produce(settings, records)
+        events = await harness.wait_for_events(settings, set(good) | set(bad), timeout=120)
+        dead = await harness.read_topic(settings.kafka, settings.kafka.dlq_topic)
         assert app.in_flight >= 0  # still the same live app; `running` checks the task
     for rid in good:
         assert [e.json()["status"] for e in events[rid]] == ["succeeded"]
@@ -170,17 +163,17 @@ async def test_malformed_records_are_dead_lettered_and_the_rest_succeed(
 async def test_redelivered_event_keeps_its_id(services: Services) -> None:
     """The same request processed twice (as after a crash) overwrites the same key and
     carries the same CloudEvents id."""
-    settings = unique_settings(services, "dup", max_in_flight=2)
-    events: dict[str, list[Msg]] = {}
+    settings = harness.unique_settings(services, "dup", max_in_flight=2)
+    events: dict[str, list[harness.Msg]] = {}
 
     async def twice() -> bool:
         nonlocal events
-        events = await events_by_id(settings)
+        events = await harness.events_by_id(settings)
         return len(events.get("dup-1", [])) >= 2
 
-    async with running(settings):
-        await produce(settings, [request("dup-1", "hello"), request("dup-1", "hello")])
-        await wait_for(twice, timeout=60, what="two events for dup-1")
+    async with harness.running(settings):
+        await harness.produce(settings, [harness.request("dup-1", "hello")] * 2)
+        await harness.wait_for(twice, timeout=60, what="two events for dup-1")
     first, second = events["dup-1"][:2]
     assert first.headers["ce_id"] == second.headers["ce_id"]
     assert first.json()["audio"]["uri"] == second.json()["audio"]["uri"]
