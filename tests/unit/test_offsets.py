@@ -42,32 +42,24 @@ def test_empty_tracker_has_nothing_to_commit() -> None:
     assert tracker.partitions() == []
 
 
-def test_in_order_completion_advances_one_by_one() -> None:
-    tracker = tracker_with(A, 0, 1, 2)
-    assert tracker.committable(A) == 0
-    for offset in (0, 1, 2):
+@pytest.mark.parametrize(
+    ("started", "finished", "committable_after_each"),
+    [
+        pytest.param((0, 1, 2), (0, 1, 2), (1, 2, 3), id="in-order-advances-one-by-one"),
+        pytest.param((0, 1, 2), (2, 1, 0), (0, 0, 3), id="out-of-order-waits-for-the-lowest"),
+        pytest.param((5, 9, 12), (5, 12, 9), (9, 9, 13), id="gaps-are-not-assumed-contiguous"),
+    ],
+)
+def test_committable_after_each_finish(
+    started: tuple[int, ...], finished: tuple[int, ...], committable_after_each: tuple[int, ...]
+) -> None:
+    tracker = tracker_with(A, *started)
+    assert tracker.committable(A) == started[0]
+    after_each = []
+    for offset in finished:
         assert tracker.finish(A, offset) is True
-        assert tracker.committable(A) == offset + 1
-
-
-def test_out_of_order_completion_waits_for_the_lowest() -> None:
-    tracker = tracker_with(A, 0, 1, 2)
-    tracker.finish(A, 2)
-    assert tracker.committable(A) == 0
-    tracker.finish(A, 1)
-    assert tracker.committable(A) == 0
-    tracker.finish(A, 0)
-    assert tracker.committable(A) == 3
-
-
-def test_gaps_in_offsets_are_not_assumed_contiguous() -> None:
-    tracker = tracker_with(A, 5, 9, 12)
-    tracker.finish(A, 5)
-    assert tracker.committable(A) == 9
-    tracker.finish(A, 12)
-    assert tracker.committable(A) == 9
-    tracker.finish(A, 9)
-    assert tracker.committable(A) == 13
+        after_each.append(tracker.committable(A))
+    assert tuple(after_each) == committable_after_each
 
 
 def test_nothing_to_commit_until_it_moves_past_the_last_mark() -> None:
