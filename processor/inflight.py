@@ -9,11 +9,9 @@ leaves its offset uncommitted so the next owner redoes it.
 from __future__ import annotations
 
 import asyncio
-import weakref
 from typing import Any, Protocol
 
 import structlog
-from prometheus_client import CollectorRegistry, Counter
 
 from processor.errors import InternalError, InvalidInput, Stage, VoxlineError
 from processor.kafka.consumer import Fetched, TopicPartition, Unreadable
@@ -32,47 +30,6 @@ class Handler(Protocol):
     async def dead_letter(self, record: Record, error: VoxlineError) -> str: ...
 
 
-class Counters:
-    """The consumer side's own series, on the processor's registry."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.skipped = Counter(
-            "voxline_records_skipped_total",
-            "Records read again after a crash or rebalance and skipped: already finished.",
-            ["topic"],
-            registry=registry,
-        )
-        self.unreadable = Counter(
-            "voxline_records_unreadable_total",
-            "Records the Kafka client could not hand over whole; dead-lettered.",
-            ["topic"],
-            registry=registry,
-        )
-        self.given_up = Counter(
-            "voxline_records_given_up_total",
-            "Records dead-lettered because the process died with them in flight too often.",
-            ["topic"],
-            registry=registry,
-        )
-        self.consumer_errors = Counter(
-            "voxline_consumer_errors_total",
-            "Consumer calls that failed or timed out (retried), by call.",
-            ["call", "error_type"],
-            registry=registry,
-        )
-
-
-_COUNTERS: weakref.WeakKeyDictionary[CollectorRegistry, Counters] = weakref.WeakKeyDictionary()
-
-
-def counters(registry: CollectorRegistry) -> Counters:
-    """The ``Counters`` of ``registry`` (registered once per registry)."""
-    found = _COUNTERS.get(registry)
-    if found is None:
-        found = _COUNTERS[registry] = Counters(registry)
-    return found
-
-
 class InFlight:
     """Tasks for admitted records, and the outcome counts."""
 
@@ -80,7 +37,6 @@ class InFlight:
         self.pipeline = pipeline
         self.tracker = tracker
         self.metrics = metrics
-        self.counters = counters(metrics.registry)
         self.tasks: dict[asyncio.Task[None], TopicPartition] = {}
         self.counts = {"succeeded": 0, "failed": 0, "skipped": 0}
         #: The record running alone, if any: nothing else starts meanwhile.
@@ -100,7 +56,7 @@ class InFlight:
         self.tracker.start(tp, item.offset)
         self.tracker.finish(tp, item.offset)
         self.counts["skipped"] += 1
-        self.counters.skipped.labels(topic=tp.topic).inc()
+        self.metrics.skipped(tp.topic)
         log.debug("skipped, already done", partition=str(tp), offset=item.offset)
 
     def start(self, tp: TopicPartition, item: Fetched, verdict: Verdict) -> None:
@@ -139,7 +95,7 @@ class InFlight:
     async def _give_up(self, tp: TopicPartition, record: Record) -> None:
         lives = self.tracker.lives(tp, record.offset)
         log.error("giving up on a record the process died with", offset=record.offset, lives=lives)
-        self.counters.given_up.labels(topic=tp.topic).inc()
+        self.metrics.given_up(tp.topic)
         error = InternalError(
             f"the processor died {lives} times while this record was in flight",
             stage=Stage.DECODE,
@@ -149,7 +105,7 @@ class InFlight:
 
     async def _unreadable(self, tp: TopicPartition, item: Unreadable) -> None:
         log.error("unreadable record", partition=str(tp), offset=item.offset, error=item.error)
-        self.counters.unreadable.labels(topic=tp.topic).inc()
+        self.metrics.unreadable(tp.topic)
         error = InvalidInput(
             f"the Kafka client could not read this record: {item.error}",
             stage=Stage.DECODE,

@@ -11,9 +11,12 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_M = TypeVar("_M", Counter, Gauge)
 
 #: The classic Prometheus text exposition format, which ``render`` produces.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -50,75 +53,94 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        r = self.registry
-        self._records_in = Counter(
-            "voxline_records_in_total",
-            "Records taken from the request topic.",
-            ["topic"],
-            registry=r,
+        counter, gauge = self._series(Counter), self._series(Gauge)
+        self._records_in = counter(
+            "records_in_total", "Records taken from the request topic.", "topic"
         )
-        self._succeeded = Counter(
-            "voxline_succeeded_total",
-            "Records that ended in a succeeded event.",
-            ["backend"],
-            registry=r,
+        self._succeeded = counter(
+            "succeeded_total", "Records that ended in a succeeded event.", "backend"
         )
-        self._chunks = Counter(
-            "voxline_chunks_total",
-            "Text chunks synthesized for succeeded records.",
-            ["backend"],
-            registry=r,
+        self._chunks = counter(
+            "chunks_total", "Text chunks synthesized for succeeded records.", "backend"
         )
-        self._dead_lettered = Counter(
-            "voxline_dead_lettered_total",
-            "Records written to the dead-letter topic.",
-            ["reason", "stage"],
-            registry=r,
+        self._dead_lettered = counter(
+            "dead_lettered_total", "Records written to the dead-letter topic.", "reason", "stage"
         )
-        self._retries = Counter(
-            "voxline_retries_total",
-            "Backend calls that failed and were retried.",
-            ["backend", "error_type"],
-            registry=r,
+        self._retries = counter(
+            "retries_total", "Backend calls that failed and were retried.", "backend", "error_type"
         )
-        self._backend_in_flight = Gauge(
-            "voxline_backend_in_flight", "Calls in flight to a backend.", ["backend"], registry=r
+        self._backend_in_flight = gauge(
+            "backend_in_flight", "Calls in flight to a backend.", "backend"
         )
-        self._backend_window_limit = Gauge(
-            "voxline_backend_window_limit",
-            "Current concurrency limit of a backend's adaptive window.",
-            ["backend"],
-            registry=r,
+        self._backend_window_limit = gauge(
+            "backend_window_limit", "Current concurrency limit of a backend's window.", "backend"
         )
-        self._breaker_state = Gauge(
-            "voxline_breaker_state",
-            "Circuit breaker state: 0 closed, 1 half_open, 2 open.",
-            ["backend"],
-            registry=r,
+        self._breaker_state = gauge(
+            "breaker_state", "Circuit breaker state: 0 closed, 1 half_open, 2 open.", "backend"
         )
-        self._breaker_transitions = Counter(
-            "voxline_breaker_transitions_total",
+        self._breaker_transitions = counter(
+            "breaker_transitions_total",
             "Circuit breaker state changes, by the state entered.",
-            ["backend", "to"],
-            registry=r,
+            "backend",
+            "to",
         )
-        self._records_in_flight = Gauge(
-            "voxline_records_in_flight", "Records held by the consumer window.", registry=r
+        self._records_in_flight = gauge("records_in_flight", "Records held by the consumer window.")
+        self._committed_lag = gauge(
+            "committed_lag", "High watermark minus committed offset.", "topic", "partition"
         )
-        self._committed_lag = Gauge(
-            "voxline_committed_lag",
-            "High watermark minus committed offset.",
-            ["topic", "partition"],
-            registry=r,
+        self._skipped = counter(
+            "records_skipped_total",
+            "Records read again after a crash or rebalance and skipped: already finished.",
+            "topic",
+        )
+        self._unreadable = counter(
+            "records_unreadable_total",
+            "Records the Kafka client could not hand over whole; dead-lettered.",
+            "topic",
+        )
+        self._given_up = counter(
+            "records_given_up_total",
+            "Records dead-lettered because the process died with them in flight too often.",
+            "topic",
+        )
+        self._consumer_errors = counter(
+            "consumer_errors_total",
+            "Consumer calls that failed or timed out (retried), by call.",
+            "call",
+            "error_type",
         )
         self._stage_seconds = Histogram(
             "voxline_stage_seconds",
             "Time spent in each pipeline stage, and in total.",
             ["stage"],
             buckets=STAGE_BUCKETS,
-            registry=r,
+            registry=self.registry,
         )
         self._breaker_last: dict[str, str] = {}
+
+    def _series(self, kind: Callable[..., _M]) -> Callable[..., _M]:
+        """A maker of ``voxline_<name>`` series of ``kind`` on this registry."""
+
+        def make(name: str, documentation: str, *labels: str) -> _M:
+            return kind(f"voxline_{name}", documentation, list(labels), registry=self.registry)
+
+        return make
+
+    def skipped(self, topic: str) -> None:
+        """A record read again was skipped: the commit metadata says it is finished."""
+        self._skipped.labels(topic=topic).inc()
+
+    def unreadable(self, topic: str) -> None:
+        """A record the Kafka client could not hand over whole was dead-lettered."""
+        self._unreadable.labels(topic=topic).inc()
+
+    def given_up(self, topic: str) -> None:
+        """A record the process died with too often was dead-lettered."""
+        self._given_up.labels(topic=topic).inc()
+
+    def consumer_error(self, call: str, error_type: str) -> None:
+        """A consumer call (commit, poll, ...) failed or timed out and will be retried."""
+        self._consumer_errors.labels(call=call, error_type=error_type).inc()
 
     def record_in(self, topic: str) -> None:
         """A record was taken from ``topic``."""

@@ -300,7 +300,7 @@ class Runner:
 
     def _failed(self, call: str, exc: Exception) -> None:
         kind = "timeout" if isinstance(exc, TimeoutError) else type(exc).__name__
-        self.work.counters.consumer_errors.labels(call=call, error_type=kind).inc()
+        self.metrics.consumer_error(call, kind)
         log.warning(f"{call} failed; will retry", error=str(exc) or kind, timeout_s=self.bound)
 
     async def _shutdown(self) -> None:

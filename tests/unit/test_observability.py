@@ -177,6 +177,10 @@ def test_all_families_are_exposed_with_their_types() -> None:
         "voxline_breaker_transitions": "counter",
         "voxline_records_in_flight": "gauge",
         "voxline_committed_lag": "gauge",
+        "voxline_records_skipped": "counter",
+        "voxline_records_unreadable": "counter",
+        "voxline_records_given_up": "counter",
+        "voxline_consumer_errors": "counter",
         "voxline_stage_seconds": "histogram",
     }
 
@@ -196,6 +200,11 @@ def test_counters_and_gauges_after_calls() -> None:
     m.records_in_flight(7)
     m.lag("tts.requests", 0, 12)
     m.lag("tts.requests", 1, 0)
+    m.skipped("tts.requests")
+    m.unreadable("tts.requests")
+    m.given_up("tts.requests")
+    m.consumer_error("commit", "timeout")
+    m.consumer_error("commit", "timeout")
 
     found = samples(m)
     assert value(found, "voxline_records_in_total", topic="tts.requests") == 2
@@ -211,6 +220,9 @@ def test_counters_and_gauges_after_calls() -> None:
     assert value(found, "voxline_records_in_flight") == 7
     assert value(found, "voxline_committed_lag", topic="tts.requests", partition="0") == 12
     assert value(found, "voxline_committed_lag", topic="tts.requests", partition="1") == 0
+    for name in ("skipped", "unreadable", "given_up"):
+        assert value(found, f"voxline_records_{name}_total", topic="tts.requests") == 1
+    assert value(found, "voxline_consumer_errors_total", call="commit", error_type="timeout") == 2
 
 
 def test_forget_partition_drops_its_lag_series() -> None:
