@@ -4,8 +4,6 @@ real synthesis when espeak-ng is installed (required in CI)."""
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +20,9 @@ from processor.backends.espeak import (
 from processor.errors import InvalidInput, Stage, Systemic, Transient
 from processor.request import Reference, Voice
 from tests.unit.backend_helpers import measured_rate, refused, utterance
+from tests.unit.programs import required
 
 pytestmark = pytest.mark.timeout(60)
-
-INSTALL_HINT = (
-    "espeak-ng is not installed: run `bash infra/packages.sh` "
-    "(or `apt-get install espeak-ng`) to run these tests"
-)
 
 VOICE_LISTING = """\
 Pty Language       Age/Gender VoiceName          File                 Other Languages
@@ -48,13 +42,8 @@ Pty Language       Age/Gender VoiceName          File                 Other Lang
 
 @pytest.fixture(scope="module")
 def espeak_binary() -> str:
-    """The real espeak-ng; missing it fails under CI=true and skips elsewhere."""
-    path = shutil.which("espeak-ng")
-    if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(INSTALL_HINT)
-        pytest.skip(INSTALL_HINT)
-    return path
+    """The real espeak-ng (required in CI)."""
+    return required("espeak-ng")
 
 
 def voices() -> Voices:

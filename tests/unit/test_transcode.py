@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import math
 import os
-import shutil
 import struct
 import sys
 from pathlib import Path
@@ -25,26 +24,18 @@ from processor.transcode import (
     transcode,
 )
 from processor.transcode import _transcode as transcode_with
+from tests.unit.programs import required
 
 pytestmark = pytest.mark.timeout(60)
 
-INSTALL_HINT = (
-    "ffmpeg is not installed: run `bash infra/packages.sh` "
-    "(or `apt-get install ffmpeg`) to run these tests"
-)
 #: Encoder delay and padding a decoder does not trim exactly (Opus pre-skip, MP3 frames).
 TOLERANCE_MS = 60
 
 
 @pytest.fixture(scope="module")
 def ffmpeg() -> str:
-    """The real ffmpeg; missing it fails under CI=true and skips elsewhere."""
-    path = shutil.which("ffmpeg")
-    if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(INSTALL_HINT)
-        pytest.skip(INSTALL_HINT)
-    return path
+    """The real ffmpeg (required in CI)."""
+    return required("ffmpeg")
 
 
 def tone(seconds: float = 1.5, rate: int = 22050, channels: int = 1, width: int = 2) -> bytes:
