@@ -34,6 +34,8 @@ from processor.settings import RetrySettings, Settings
 from processor.store import S3Store
 
 log = structlog.get_logger("voxline")
+#: Seconds each client gets to close on the way out.
+CLOSE_TIMEOUT_S = 5.0
 
 #: Probes at most 5 s apart: an outage's end is noticed within seconds, at the price of one
 #: call per 5 s to a backend that is still down.
@@ -186,9 +188,13 @@ class App:
                     s, routes, conf.default, store, sink, self.metrics, references=references
                 )
         finally:
-            await sink.stop()
-            for backend in built.values():
-                await backend.aclose()
+            # Everything was drained and acknowledged before this point; a broker or backend
+            # that is down must not keep a stopping processor from exiting.
+            for close in (sink.stop, *(b.aclose for b in built.values())):
+                try:
+                    await asyncio.wait_for(close(), CLOSE_TIMEOUT_S)
+                except Exception as exc:
+                    log.warning("closing failed", what=repr(close), error=repr(exc))
 
     @contextlib.asynccontextmanager
     async def _http(self) -> AsyncIterator[None]:
