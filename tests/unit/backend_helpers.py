@@ -20,7 +20,6 @@ from processor.errors import InvalidInput, Stage, Transient
 from processor.request import Reference, Voice
 
 TEXT = "Hello there, world."
-#: A clone prompt as the pipeline hands it over: 3 s at 24 kHz.
 REF_URI = "s3://refs/voice.wav"
 
 
@@ -60,6 +59,12 @@ def backend_fixture(make: Callable[[str], Backend]) -> Any:
     return backend
 
 
+def adapter_fixtures(running_fake: RunningFake, make: Callable[[str], Backend]) -> tuple[Any, Any]:
+    """The ``fake`` and ``backend`` fixtures of an adapter's tests: ``make(fake.url)`` talking
+    to ``running_fake()``."""
+    return fake_fixture(running_fake), backend_fixture(make)
+
+
 def utterance(text: str = TEXT, **fields: Any) -> Utterance:
     return Utterance(text=text, **fields)
 
@@ -67,6 +72,10 @@ def utterance(text: str = TEXT, **fields: Any) -> Utterance:
 def wav(ms: int, rate: int = 24000) -> bytes:
     """A mono 16-bit WAV of ``ms`` milliseconds of silence."""
     return pcm_to_wav(silence(rate, 1, 2, ms), rate)
+
+
+#: A clone prompt as the pipeline hands it over: 3 s at 24 kHz.
+REF_WAV = wav(3000)
 
 
 def loaded(uri: str, data: bytes) -> ReferenceAudio:
@@ -104,6 +113,15 @@ async def at_once(backend: Backend, calls: int, said: Utterance | None = None) -
     return await asyncio.gather(
         *(backend.synthesize(said or utterance()) for _ in range(calls)), return_exceptions=True
     )
+
+
+async def past_capacity(backend: Backend, fake: Fake) -> list[int | None]:
+    """Four calls at once to a fake that serves two at a time, slowly: the HTTP statuses of
+    the calls that failed transiently (the fake never held more than two)."""
+    fake.set(capacity=2, latency_ms=300)
+    failed = [r for r in await at_once(backend, 4) if isinstance(r, Transient)]
+    assert fake.stats()["in_flight_max"] == 2
+    return [r.http_status for r in failed]
 
 
 async def refused(backend: Backend, said: Utterance, match: str = "") -> InvalidInput:

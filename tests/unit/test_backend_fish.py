@@ -19,24 +19,20 @@ from processor.request import Reference, Voice
 from tests.fakes.fish_server import running_fake
 from tests.unit.backend_helpers import (
     REF_URI,
+    REF_WAV,
     Fake,
-    backend_fixture,
+    adapter_fixtures,
     cloning,
     failure,
-    fake_fixture,
     measured_rate,
     refused,
     sent,
     utterance,
-    wav,
 )
 
 pytestmark = pytest.mark.timeout(30)
 
-REF_WAV = wav(3000)
-
-fake = fake_fixture(running_fake)
-backend = backend_fixture(lambda url: FishSpeechBackend("fish", url))
+fake, backend = adapter_fixtures(running_fake, lambda url: FishSpeechBackend("fish", url))
 
 
 # --- request shapes ---------------------------------------------------------------------

@@ -11,11 +11,10 @@ from processor.request import Voice
 from tests.fakes.openai_server import running_fake
 from tests.unit.backend_helpers import (
     Fake,
-    at_once,
-    backend_fixture,
+    adapter_fixtures,
     cloning,
-    fake_fixture,
     measured_rate,
+    past_capacity,
     refused,
     sent,
     utterance,
@@ -23,9 +22,8 @@ from tests.unit.backend_helpers import (
 
 pytestmark = pytest.mark.timeout(30)
 
-fake = fake_fixture(running_fake)
-backend = backend_fixture(
-    lambda url: OpenAIBackend("qwen", url, model="qwen3-tts", default_voice="vivian")
+fake, backend = adapter_fixtures(
+    running_fake, lambda url: OpenAIBackend("qwen", url, model="qwen3-tts", default_voice="vivian")
 )
 
 
@@ -128,9 +126,5 @@ async def test_server_validation_message_reaches_the_error(backend: OpenAIBacken
 async def test_past_capacity_the_excess_is_rejected_with_429(
     backend: OpenAIBackend, fake: Fake
 ) -> None:
-    fake.set(capacity=2, latency_ms=300)
-
-    rejected = [r for r in await at_once(backend, 4) if isinstance(r, Transient)]
-    assert [r.http_status for r in rejected] == [429, 429]
-    assert fake.stats()["in_flight_max"] == 2
+    assert await past_capacity(backend, fake) == [429, 429]
     assert fake.stats()["statuses"] == {"200": 2, "429": 2}

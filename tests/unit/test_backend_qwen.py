@@ -10,18 +10,18 @@ import httpx
 import pytest
 
 from processor.backends.qwen import SPEAKERS, QwenTTSBackend, language_name
-from processor.errors import InvalidInput, Permanent, Systemic, Transient
+from processor.errors import InvalidInput, Permanent, Systemic
 from processor.request import Reference, Voice
 from tests.fakes.qwen_server import running_fake
 from tests.unit.backend_helpers import (
     REF_URI,
+    REF_WAV,
     Fake,
-    at_once,
-    backend_fixture,
+    adapter_fixtures,
     cloning,
     failure,
-    fake_fixture,
     measured_rate,
+    past_capacity,
     refused,
     sent,
     utterance,
@@ -30,10 +30,7 @@ from tests.unit.backend_helpers import (
 
 pytestmark = pytest.mark.timeout(30)
 
-REF_WAV = wav(3000)
-
-fake = fake_fixture(running_fake)
-backend = backend_fixture(lambda url: QwenTTSBackend("qwen", url))
+fake, backend = adapter_fixtures(running_fake, lambda url: QwenTTSBackend("qwen", url))
 
 
 def qwen(default_speaker: str = "vivian") -> QwenTTSBackend:
@@ -231,11 +228,7 @@ async def test_generation_failure_reported_as_400_is_transient(
 async def test_past_capacity_the_excess_fails_transiently(
     backend: QwenTTSBackend, fake: Fake
 ) -> None:
-    fake.set(capacity=2, latency_ms=300)
-
-    failed = [r for r in await at_once(backend, 4) if isinstance(r, Transient)]
-    assert [r.http_status for r in failed] == [400, 400]
-    assert fake.stats()["in_flight_max"] == 2
+    assert await past_capacity(backend, fake) == [400, 400]
 
 
 async def test_empty_input_is_a_permanent_400(backend: QwenTTSBackend) -> None:
