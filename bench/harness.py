@@ -15,14 +15,17 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 import aioboto3
 import httpx
 import psutil
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from processor import s3
+from processor.kafka import records
+from processor.settings import KafkaSettings
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3.type_defs import ObjectIdentifierTypeDef
@@ -66,8 +69,8 @@ def _answers(address: str) -> bool:
 def ensure_services(env: Mapping[str, str]) -> None:
     """Start the broker and the store with infra/up.sh unless both answer already."""
     kafka = env["KAFKA_BOOTSTRAP_SERVERS"].split(",")[0]
-    s3 = env["S3_ENDPOINT_URL"].split("//", 1)[-1].rstrip("/")
-    if not (_answers(kafka) and _answers(s3)):
+    store = env["S3_ENDPOINT_URL"].split("//", 1)[-1].rstrip("/")
+    if not (_answers(kafka) and _answers(store)):
         subprocess.run([str(ROOT / "infra" / "up.sh")], check=True, env=dict(env))
 
 
@@ -78,17 +81,17 @@ async def delete_prefix(env: Mapping[str, str], prefix: str) -> int:
         aws_secret_access_key=env.get("AWS_SECRET_ACCESS_KEY"),
     )
     deletes = []
-    async with session.client(
-        "s3", endpoint_url=env.get("S3_ENDPOINT_URL"), region_name=env.get("AWS_REGION")
-    ) as s3:
-        bucket = env["S3_BUCKET"]
-        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    bucket = env["S3_BUCKET"]
+    async with s3.client(
+        env.get("S3_ENDPOINT_URL"), env.get("AWS_REGION"), session=session
+    ) as client:
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
         async for page in pages:
             keys: list[ObjectIdentifierTypeDef] = [
                 {"Key": o["Key"]} for o in page.get("Contents", []) if "Key" in o
             ]
             if keys:
-                delete = s3.delete_objects(Bucket=bucket, Delete={"Objects": keys})
+                delete = client.delete_objects(Bucket=bucket, Delete={"Objects": keys})
                 deletes.append(asyncio.ensure_future(delete))
         await asyncio.gather(*deletes)
     return sum(len(d.result().get("Deleted", [])) for d in deletes)
@@ -113,13 +116,12 @@ class Kafka:
 
     def __init__(self, bootstrap: str) -> None:
         self.bootstrap = bootstrap
+        self.settings = KafkaSettings(bootstrap_servers=bootstrap)
         self.admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
         self.producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=512 * 1024, acks=1
         )
-        self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False
-        )
+        self.consumer = records.reader(self.settings)
 
     async def __aenter__(self) -> Self:
         await self.admin.start()
@@ -127,12 +129,7 @@ class Kafka:
         await self.consumer.start()
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.consumer.stop()
         await self.producer.stop()
         await self.admin.close()
@@ -147,44 +144,25 @@ class Kafka:
             with contextlib.suppress(Exception):
                 await self.admin.delete_topics(list(topics[start : start + 50]))
 
-    async def produce(self, topic: str, records: Sequence[tuple[bytes, bytes]]) -> None:
+    async def produce(self, topic: str, pairs: Sequence[tuple[bytes, bytes]]) -> None:
         pending = []
-        for key, value in records:
+        for key, value in pairs:
             pending.append(await self.producer.send(topic, value=value, key=key))
             if len(pending) >= 5000:
                 await asyncio.gather(*pending)
                 pending.clear()
         await asyncio.gather(*pending)
 
-    @staticmethod
-    def _partitions(topic: str, partitions: int) -> list[TopicPartition]:
-        return [TopicPartition(topic, p) for p in range(partitions)]
-
-    async def count(self, topic: str, partitions: int) -> int:
+    async def count(self, topic: str) -> int:
         """Records in ``topic`` (it only ever receives one event per request)."""
-        ends = await self.consumer.end_offsets(self._partitions(topic, partitions))
-        return sum(ends.values())
+        return sum((await records.end_offsets(self.consumer, topic)).values())
 
-    async def read(self, topic: str, partitions: int) -> list[Completion]:
+    async def read(self, topic: str) -> list[Completion]:
         """Every completion event in ``topic``, oldest first."""
-        tps = self._partitions(topic, partitions)
-        ends = await self.consumer.end_offsets(tps)
-        todo = {tp for tp in tps if ends[tp] > 0}
-        events: list[Completion] = []
-        if not todo:
-            return events
-        self.consumer.assign(list(todo))
-        await self.consumer.seek_to_beginning(*todo)
-        while todo:
-            batch = await self.consumer.getmany(timeout_ms=1000, max_records=10_000)
-            for messages in batch.values():
-                events.extend(
-                    Completion(m.timestamp / 1000, SUCCEEDED in (m.value or b"")) for m in messages
-                )
-            for tp in list(todo):
-                if await self.consumer.position(tp) >= ends[tp]:
-                    todo.discard(tp)
-        self.consumer.assign([])
+        events = [
+            Completion(r.timestamp_ms / 1000, SUCCEEDED in (r.value or b""))
+            for r in await records.read_to_end(self.settings, topic)
+        ]
         events.sort(key=lambda e: e.at)
         return events
 
@@ -220,12 +198,7 @@ class Fake:
         self.pid = self.process.pid
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.http.aclose()
         if self.process is not None and self.process.returncode is None:
             self.process.send_signal(signal.SIGTERM)
@@ -308,12 +281,7 @@ class Processor:
         self._sampler = asyncio.create_task(self._sample())
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
 
     @property

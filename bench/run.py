@@ -65,14 +65,20 @@ RESULTS = ROOT / "bench" / "results"
 
 
 @dataclasses.dataclass(frozen=True)
+class Box:
+    """A scenario's requests, and how long each processor may run on them (seconds after its
+    first completion) when it does not finish them first."""
+
+    records: int
+    timebox_s: float
+
+
+@dataclasses.dataclass(frozen=True)
 class Sizes:
-    ideal_records: int
-    ideal_timebox_s: float
-    overhead_records: int
-    overhead_timebox_s: float
-    backlog_records: int
-    #: Every processor drains the backlog for this long (at most).
-    backlog_timebox_s: float
+    ideal: Box
+    overhead: Box
+    #: Every processor drains the backlog for ``timebox_s`` (at most).
+    backlog: Box
     adaptive_records: int
     sweep: tuple[int, ...]
     sweep_s: float
@@ -81,29 +87,13 @@ class Sizes:
 
 
 FULL = Sizes(
-    ideal_records=2400,
-    ideal_timebox_s=40,
-    overhead_records=6000,
-    overhead_timebox_s=25,
-    backlog_records=100_000,
-    backlog_timebox_s=50,
-    adaptive_records=6000,
-    sweep=(4, 8, 12, 16, 24, 32),
-    sweep_s=20,
-    phases=(30, 20, 20),
-)
+    ideal=Box(2400, 40), overhead=Box(6000, 25), backlog=Box(100_000, 50),
+    adaptive_records=6000, sweep=(4, 8, 12, 16, 24, 32), sweep_s=20, phases=(30, 20, 20),
+)  # fmt: skip
 SMOKE = Sizes(
-    ideal_records=80,
-    ideal_timebox_s=8,
-    overhead_records=300,
-    overhead_timebox_s=8,
-    backlog_records=2000,
-    backlog_timebox_s=5,
-    adaptive_records=600,
-    sweep=(4, 16),
-    sweep_s=4,
-    phases=(5, 3, 3),
-)
+    ideal=Box(80, 8), overhead=Box(300, 8), backlog=Box(2000, 5),
+    adaptive_records=600, sweep=(4, 16), sweep_s=4, phases=(5, 3, 3),
+)  # fmt: skip
 
 
 @dataclasses.dataclass
@@ -163,16 +153,18 @@ class Result:
 
 
 class Bench:
-    def __init__(
-        self, kafka: Kafka, sizes: Sizes, out: Path, raw: Path, peers: bool, smoke: bool
-    ) -> None:
+    def __init__(self, kafka: Kafka, args: argparse.Namespace) -> None:
         self.kafka = kafka
-        self.sizes = sizes
-        self.out = out
-        self.raw = raw
-        self.peers = peers
-        self.smoke = smoke
+        self.smoke: bool = args.smoke
+        self.sizes = SMOKE if self.smoke else FULL
+        self.peers = "peers" in args.chosen
         self.run_id = dt.datetime.now().strftime("%m%d%H%M") + "-" + uuid.uuid4().hex[:4]
+        #: Every run's logs and samples.
+        self.raw = RESULTS / "raw" / self.run_id
+        self.raw.mkdir(parents=True, exist_ok=True)
+        # Only a full run replaces the table the README quotes.
+        full = not self.smoke and set(args.chosen) == set(SCENARIOS)
+        self.out = RESULTS if full else self.raw
         self.topics: list[str] = []
         self.rows: list[Row] = []
         self.notes: list[str] = []
@@ -259,7 +251,7 @@ class Bench:
             started = time.time()
             while proc.alive:
                 await asyncio.sleep(0.25)
-                count = await self.kafka.count(done, PARTITIONS)
+                count = await self.kafka.count(done)
                 now = time.time()
                 if first_seen is None:
                     if count == 0:
@@ -278,24 +270,13 @@ class Bench:
         exited_at = time.time()
         if proc.returncode not in (0, None):
             self.notes.append(f"{scenario}/{label} exited with {proc.returncode}")
-        events = await self.kafka.read(done, PARTITIONS)
+        events = await self.kafka.read(done)
         result = Result(
-            label=label,
-            kind=kind,
-            window=window,
-            produced=n,
-            events=events,
-            cpu=proc.cpu,
-            limits=proc.limits,
-            peak_rss_mb=proc.peak_rss_mb,
-            backend=backend_stats,
-            started_at=started,
-            first_seen=first_seen,
-            stopped_at=stopped_at,
-            changes=changes,
+            label=label, kind=kind, window=window, produced=n, events=events, changes=changes,
+            cpu=proc.cpu, limits=proc.limits, peak_rss_mb=proc.peak_rss_mb, backend=backend_stats,
+            started_at=started, first_seen=first_seen, stopped_at=stopped_at, exited_at=exited_at,
             returncode=proc.returncode,
-            exited_at=exited_at,
-        )
+        )  # fmt: skip
         summary = result.summary()
         self.dump.setdefault(scenario, {})[label] = summary | {
             "limits": proc.limits,
@@ -311,6 +292,14 @@ class Bench:
         )
         return result
 
+    async def each_kind(
+        self, scenario: str, topic: str, n: int, fake: Fake, kinds: Sequence[str], **options: Any
+    ) -> dict[str, Result]:
+        """``run`` for each processor in ``kinds`` in turn, labelled by its kind."""
+        return {
+            kind: await self.run(scenario, topic, n, kind, kind, fake, **options) for kind in kinds
+        }
+
     def row(
         self, scenario: str, figure: str, values: Mapping[str, float | None], **kw: Any
     ) -> None:
@@ -319,16 +308,13 @@ class Bench:
     # -- scenarios -------------------------------------------------------------------------
 
     async def ideal(self) -> None:
-        s = self.sizes
-        topic, chars = await self.request_topic("ideal", s.ideal_records)
+        box = self.sizes.ideal
+        topic, chars = await self.request_topic("ideal", box.records)
         args = ("--capacity", "16", "--latency-ms", str(LATENCY_MS), "--jitter-ms", str(JITTER_MS))
-        results = {}
         async with self.fake("ideal", *args, "--per-char", f"{chars:.3f}") as fake:
-            for kind in self.kinds():
-                results[kind] = await self.run(
-                    "ideal", topic, s.ideal_records, kind, kind, fake,
-                    window=16, timebox_s=s.ideal_timebox_s,
-                )  # fmt: skip
+            results = await self.each_kind(
+                "ideal", topic, box.records, fake, self.kinds(), window=16, timebox_s=box.timebox_s
+            )
         ideal = 16 / (LATENCY_MS / 1000)
         thr = {k: measure.throughput(r.ok_before_stop()) for k, r in results.items()}
         self.row("ideal", "throughput, records/s (C=16, L=250 ms, window 16)", thr)
@@ -338,21 +324,17 @@ class Bench:
         )  # fmt: skip
 
     async def overhead(self, profile: bool) -> None:
-        s = self.sizes
-        n = s.overhead_records
+        n, timebox_s = dataclasses.astuple(self.sizes.overhead)
         topic, _ = await self.request_topic("overhead", n)
-        results = {}
         async with self.fake("overhead", *_FAST) as fake:
-            for kind in self.kinds():
-                results[kind] = await self.run(
-                    "overhead", topic, n, kind, kind, fake,
-                    window=64, timebox_s=s.overhead_timebox_s,
-                )  # fmt: skip
+            results = await self.each_kind(
+                "overhead", topic, n, fake, self.kinds(), window=64, timebox_s=timebox_s
+            )
             if profile:
                 session = self.raw / "profile-overhead.pyisession"
                 await self.run(
                     "overhead", topic, n, "voxline-profiled", "voxline", fake,
-                    window=64, timebox_s=s.overhead_timebox_s, profile_to=session,
+                    window=64, timebox_s=timebox_s, profile_to=session,
                 )  # fmt: skip
                 self.render_profile(session)
         self.row(
@@ -381,15 +363,12 @@ class Bench:
         self.say(f"profile: {text} and {html}")
 
     async def backlog(self) -> None:
-        s = self.sizes
-        n = s.backlog_records
+        n, timebox_s = dataclasses.astuple(self.sizes.backlog)
         topic, _ = await self.request_topic("backlog", n)
-        results = {}
         async with self.fake("backlog", *_FAST) as fake:
-            for kind in self.kinds():
-                results[kind] = await self.run(
-                    "backlog", topic, n, kind, kind, fake, window=64, timebox_s=s.backlog_timebox_s
-                )
+            results = await self.each_kind(
+                "backlog", topic, n, fake, self.kinds(), window=64, timebox_s=timebox_s
+            )
         self.row(
             "backlog",
             f"peak RSS, MiB, draining {n:,} waiting requests",
@@ -424,7 +403,6 @@ class Bench:
         p1, p2, p3 = s.phases
         schedule = [(p1, {"capacity": 6}), (p1 + p2, {"capacity": capacity})]
         fixed: dict[int, Result] = {}
-        peers: dict[str, Result] = {}
         async with self.fake("adaptive", *args) as fake:
             for window in s.sweep:
                 fixed[window] = await self.run(
@@ -436,12 +414,10 @@ class Bench:
                 window=32, adaptive=True, timebox_s=p1 + p2 + p3, until_all=False,
                 backend=base, schedule=schedule, interval=0.5,
             )  # fmt: skip
-            for kind in self.kinds()[1:]:
-                peers[kind] = await self.run(
-                    "adaptive", topic, n, kind, kind, fake,
-                    window=32, timebox_s=p1 + p2 + p3, until_all=False,
-                    backend=base, schedule=schedule,
-                )  # fmt: skip
+            peers = await self.each_kind(
+                "adaptive", topic, n, fake, self.kinds()[1:],
+                window=32, timebox_s=p1 + p2 + p3, until_all=False, backend=base, schedule=schedule,
+            )  # fmt: skip
         self.adaptive_figures(fixed, ours, peers, capacity, knee)
 
     def adaptive_figures(
@@ -585,7 +561,7 @@ class Bench:
             f"{PARTITIONS} partitions. Peers get the same requests, backend, store, broker "
             "and window; `✓` marks a ratio where Voxline is ahead. Throughput is counted from the "
             "first to the last completion event; backlog runs are time-boxed "
-            f"({self.sizes.backlog_timebox_s:g} s of draining each).",
+            f"({self.sizes.backlog.timebox_s:g} s of draining each).",
             "",
             report.table(self.rows, self.peers),
         ]
@@ -653,14 +629,8 @@ async def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     env = service_env()
     ensure_services(env)
-    sizes = SMOKE if args.smoke else FULL
     async with Kafka(env["KAFKA_BOOTSTRAP_SERVERS"]) as kafka:
-        bench = Bench(kafka, sizes, RESULTS, RESULTS, "peers" in args.chosen, args.smoke)
-        bench.raw = RESULTS / "raw" / bench.run_id
-        bench.raw.mkdir(parents=True, exist_ok=True)
-        # Only a full run replaces the table the README quotes.
-        if args.smoke or set(args.chosen) != set(SCENARIOS):
-            bench.out = bench.raw
+        bench = Bench(kafka, args)
         try:
             if "ideal" in args.chosen:
                 await bench.ideal()
