@@ -96,6 +96,14 @@ def cuts(chunks: list[str]) -> list[int]:
     return list(itertools.accumulate(len(chunk) for chunk in chunks))[:-1]
 
 
+def marked(text: str, limit: int) -> str:
+    """``text`` with a ``|`` at each place ``split_text`` cuts it (equal strings mean equal
+    chunks: no chunk is empty or holds a ``|``)."""
+    chunks = split_text(text, limit)
+    assert all(chunk and "|" not in chunk for chunk in chunks), chunks
+    return "|".join(chunks)
+
+
 def check_invariants(text: str, limit: int, chunks: list[str]) -> None:
     assert "".join(chunks) == text
     assert all(1 <= len(chunk) <= limit for chunk in chunks), [len(c) for c in chunks]
@@ -244,64 +252,37 @@ def test_limit_below_one_is_rejected(limit: int) -> None:
 
 def test_western_sentences_pack_greedily() -> None:
     text = "One two. Three four! Five six? Seven eight; nine ten.\nEleven."
-    assert split_text(text, 21) == [
-        "One two. Three four! ",
-        "Five six? ",
-        "Seven eight; ",
-        "nine ten.\nEleven.",
-    ]
-    assert split_text(text, 40) == [
-        "One two. Three four! Five six? ",
-        "Seven eight; nine ten.\nEleven.",
-    ]
+    assert marked(text, 21) == "One two. Three four! |Five six? |Seven eight; |nine ten.\nEleven."
+    assert marked(text, 40) == "One two. Three four! Five six? |Seven eight; nine ten.\nEleven."
 
 
 def test_abbreviations_decimals_and_initials_do_not_end_sentences() -> None:
     text = "Mr. Smith paid 3.14 to Dr. J. Watson, e.g. for tea. Then he left."
-    assert split_text(text, 55) == [
-        "Mr. Smith paid 3.14 to Dr. J. Watson, e.g. for tea. ",
-        "Then he left.",
-    ]
+    assert marked(text, 55) == "Mr. Smith paid 3.14 to Dr. J. Watson, e.g. for tea. |Then he left."
 
 
 def test_closing_quotes_stay_with_their_sentence() -> None:
     text = '他说：“走吧。”我们就走了。「行くよ！」と彼は言った。He said "Go." We went.'
-    assert split_text(text, 14) == [
-        "他说：“走吧。”我们就走了。",
-        "「行くよ！」と彼は言った。",
-        'He said "Go." ',
-        "We went.",
-    ]
+    assert (
+        marked(text, 14)
+        == '他说：“走吧。”我们就走了。|「行くよ！」と彼は言った。|He said "Go." |We went.'
+    )
     assert split_text(text, 8)[0] == "他说：“走吧。”"
 
 
 def test_long_sentence_is_cut_at_clauses_then_words_then_hard() -> None:
     zh = "春天来了，柳树发芽了，河水也变得清澈了，孩子们在河边奔跑。"
-    assert split_text(zh, 12) == [
-        "春天来了，柳树发芽了，",
-        "河水也变得清澈了，",
-        "孩子们在河边奔跑。",
-    ]
+    assert marked(zh, 12) == "春天来了，柳树发芽了，|河水也变得清澈了，|孩子们在河边奔跑。"
     en = "When the fog lifted, the passengers, tired and cold, boarded the train."
-    assert split_text(en, 30) == [
-        "When the fog lifted, ",
-        "the passengers, ",
-        "tired and cold, ",
-        "boarded the train.",
-    ]
-    assert split_text("When the fog lifted over the river", 12) == [
-        "When the ",
-        "fog lifted ",
-        "over the ",
-        "river",
-    ]
-    assert split_text("a supercalifragilistic word", 10) == [
-        "a ",
-        "supercalif",
-        "ragilistic",
-        " word",
-    ]
-    assert split_text("春天来了柳树发芽了", 4) == ["春天来了", "柳树发芽", "了"]
+    assert (
+        marked(en, 30)
+        == "When the fog lifted, |the passengers, |tired and cold, |boarded the train."
+    )
+    assert (
+        marked("When the fog lifted over the river", 12) == "When the |fog lifted |over the |river"
+    )
+    assert marked("a supercalifragilistic word", 10) == "a |supercalif|ragilistic| word"
+    assert marked("春天来了柳树发芽了", 4) == "春天来了|柳树发芽|了"
 
 
 def test_whitespace_is_merged_into_a_neighbour_where_it_fits() -> None:
