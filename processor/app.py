@@ -27,10 +27,9 @@ from processor.limiter import AdaptiveLimit, LimiterConfig, StaticLimit
 from processor.observability import Health, Metrics, serve_http
 from processor.pipeline import Pipeline
 from processor.references import S3ReferenceLoader
-from processor.retry import Policy
 from processor.routes import Route
 from processor.runner import Runner
-from processor.settings import RetrySettings, Settings
+from processor.settings import Settings
 from processor.store import S3Store
 
 log = structlog.get_logger("voxline")
@@ -67,16 +66,6 @@ def build_gate(conf: BackendConfig, metrics: Metrics, health: Health | None = No
     return gate
 
 
-def backend_policy(conf: BackendConfig, retry: RetrySettings) -> Policy:
-    return Policy(
-        attempts=conf.retry_attempts,
-        budget_s=conf.retry_timeout_s,
-        wait_initial_s=retry.wait_initial_s,
-        wait_max_s=retry.wait_max_s,
-        hold_max_s=retry.systemic_wait_max_s,
-    )
-
-
 def build_routes(
     settings: Settings,
     metrics: Metrics,
@@ -89,7 +78,7 @@ def build_routes(
             backends[name],
             build_gate(conf, metrics, health),
             conf,
-            backend_policy(conf, settings.retry),
+            settings.retry.policy(conf.retry_attempts, conf.retry_timeout_s),
         )
         for name, conf in settings.backends.backends.items()
     }

@@ -28,7 +28,6 @@ from processor.kafka.sink import EventSink
 from processor.observability import Metrics
 from processor.outcomes import Logger, Outcomes
 from processor.request import Request, parse_request, request_id_of
-from processor.retry import Policy
 from processor.routes import Route
 from processor.settings import Settings
 from processor.steps import Tally, run_step
@@ -73,12 +72,7 @@ class Pipeline:
         self.routes = routes
         self.default_route = default_route
         self.store = store
-        r = settings.retry
-        self.step_policy = Policy(
-            wait_initial_s=r.wait_initial_s,
-            wait_max_s=r.wait_max_s,
-            hold_max_s=r.systemic_wait_max_s,
-        )
+        self.step_policy = settings.retry.policy()
         self.synth = Synthesizer(
             routes,
             default_route,

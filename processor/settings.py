@@ -8,6 +8,7 @@ import socket
 
 from processor import PROCESSOR_NAME, __version__
 from processor.config import BackendsConfig, single_backend
+from processor.retry import Policy
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -48,6 +49,11 @@ class RetrySettings:
     wait_max_s: float = 10.0
     #: Ceiling of the wait between tries while a dependency is down for everyone.
     systemic_wait_max_s: float = 30.0
+
+    def policy(self, attempts: int = 5, budget_s: float = 60.0) -> Policy:
+        """The retry policy of a step with this pacing."""
+        waits = (self.wait_initial_s, self.wait_max_s)
+        return Policy(attempts, budget_s, *waits, hold_max_s=self.systemic_wait_max_s)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

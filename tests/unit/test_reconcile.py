@@ -11,21 +11,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 from rich.console import Console
 
+from processor.events import DeadLetterRef
 from processor.kafka.records import Record
-from processor.ops.reconcile import (
-    DeadLetterRef,
+from processor.ops.reconcile.accounting import (
     Letter,
     Outcome,
     RequestSeen,
     StoredObject,
     account,
     key_of_uri,
-    letter_of,
-    outcome_of,
-    parse_since,
-    reconcile_command,
-    report_table,
 )
+from processor.ops.reconcile.command import parse_since, reconcile_command, report_table
+from processor.ops.reconcile.gather import letter_of, outcome_of
 from processor.request import request_id_of
 
 BUCKET = "audio"

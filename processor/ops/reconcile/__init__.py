@@ -5,40 +5,8 @@ topics and lists the bucket, and turns each record into a fact; ``command`` is t
 command.
 """
 
-from processor.events import DeadLetterRef
-from processor.ops.reconcile.accounting import (
-    Letter,
-    Outcome,
-    Report,
-    RequestSeen,
-    StoredObject,
-    account,
-    key_of_uri,
-)
-from processor.ops.reconcile.command import parse_since, reconcile_command, report_table
-from processor.ops.reconcile.gather import (
-    letter_of,
-    list_objects,
-    outcome_of,
-    reconcile,
-    request_seen,
-)
+from processor.ops.reconcile.accounting import Report
+from processor.ops.reconcile.command import reconcile_command
+from processor.ops.reconcile.gather import reconcile
 
-__all__ = [
-    "DeadLetterRef",
-    "Letter",
-    "Outcome",
-    "Report",
-    "RequestSeen",
-    "StoredObject",
-    "account",
-    "key_of_uri",
-    "letter_of",
-    "list_objects",
-    "outcome_of",
-    "parse_since",
-    "reconcile",
-    "reconcile_command",
-    "report_table",
-    "request_seen",
-]
+__all__ = ["Report", "reconcile", "reconcile_command"]
