@@ -32,7 +32,7 @@ from processor.routes import Route
 from processor.settings import Settings
 from processor.steps import Tally, run_step
 from processor.store import AudioStore, object_key
-from processor.synthesis import Synthesized, Synthesizer
+from processor.synthesis import Synthesized, Synthesizer, call_fields
 
 log = structlog.get_logger("voxline.pipeline")
 
@@ -225,10 +225,8 @@ class Pipeline:
         rlog.info(
             "succeeded",
             stage="publish",
-            attempt=tally.attempts,
-            backend=route.name,
-            window=route.gate.limit,
             uri=stored.uri,
             duration_ms=stored.duration_ms,
             chunks=result.chunks,
+            **call_fields(route, tally),
         )

@@ -47,6 +47,11 @@ def join(parts: list[Audio]) -> Audio:
     return Audio(wav, "wav", info.sample_rate, info.channels, info.duration_ms)
 
 
+def call_fields(route: Route, tally: Tally) -> dict[str, object]:
+    """What every log line about a record's backend calls says."""
+    return {"backend": route.name, "window": route.gate.limit, "attempt": tally.attempts}
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Synthesized:
     audio: Audio
@@ -160,12 +165,10 @@ class Synthesizer:
                 rlog.warning(
                     "backend call failed",
                     stage="synthesize",
-                    attempt=tally.attempts,
-                    backend=route.name,
-                    window=route.gate.limit,
                     error_type=exc.error_type,
                     error=exc.message,
                     http_status=exc.http_status,
+                    **call_fields(route, tally),
                 )
                 raise
 
