@@ -9,6 +9,13 @@ the shared ones of :mod:`tests.fakes.common`: latency, down, error_ratio, timeou
     fail_first_n            the next N requests answer 503, then it recovers
     streamed_wav            wav with placeholder sizes (0xFFFFFFFF), as servers that stream write
     api_key                 when set, ``Authorization: Bearer <key>`` is required (else 401)
+    retry_after             a ``Retry-After`` header (seconds or an HTTP-date, as given) on every
+                            injected failure (fail_status, fail_first_n, error_ratio): a quota or
+                            maintenance answer
+    marked_rate             inputs containing ``rate_marker`` are answered at this sample rate
+                            instead of 24 kHz (None: off), as a pool of servers running different
+                            models would: the chunks of one request then differ in rate
+    rate_marker             the text that picks ``marked_rate`` (default ``[rate]``)
 
 ``GET /stats`` also returns the last request's JSON body.
 Out of process: ``python -m tests.fakes.openai_server --port 0 --latency-ms 250 --capacity 16``.
@@ -37,6 +44,9 @@ class Switches(common.SpeechSwitches):
 
     capacity: int | None = None
     streamed_wav: bool = False
+    retry_after: str | None = None
+    marked_rate: int | None = None
+    rate_marker: str = "[rate]"
 
 
 def _error(status: int, message: str, *, param: str | None = None, **headers: str) -> web.Response:
@@ -70,7 +80,8 @@ class FakeSpeechServer(common.SpeechServer[Switches]):
             return invalid
         fault = self.injected(503, "model is loading")
         if fault.status is not None:
-            return _error(fault.status, fault.message)
+            later = {"Retry-After": switches.retry_after} if switches.retry_after else {}
+            return _error(fault.status, fault.message, **later)
         if switches.capacity is not None and self.in_flight >= switches.capacity:
             return _error(429, "too many concurrent requests", **{"Retry-After": "1"})
         with self.serving():
@@ -82,10 +93,14 @@ def _audio(body: dict[str, Any], switches: Switches) -> tuple[bytes, str]:
     """The audio for ``body`` and its Content-Type."""
     fmt = body.get("response_format", "wav")
     speed = float(body.get("speed", 1.0))
-    pcm = common.tone(len(body["input"]) * switches.ms_per_char / speed, RATE, TONE_HZ)
+    text = body["input"]
+    rate = RATE
+    if switches.marked_rate is not None and switches.rate_marker in text:
+        rate = switches.marked_rate
+    pcm = common.tone(len(text) * switches.ms_per_char / speed, rate, TONE_HZ)
     if fmt != "wav":
         return pcm, "audio/pcm"
-    audio = common.wav_bytes(pcm, RATE)
+    audio = common.wav_bytes(pcm, rate)
     if switches.streamed_wav:
         unknown = b"\xff\xff\xff\xff"
         audio = audio[:4] + unknown + audio[8:40] + unknown + audio[44:]

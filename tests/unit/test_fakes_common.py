@@ -309,3 +309,36 @@ async def test_drip_sends_the_body_a_little_at_a_time(
             if len(b"".join(pieces)) >= 20:
                 break
     assert time.monotonic() - started >= 0.18  # ten pairs, 20 ms apart
+
+
+@pytest.mark.parametrize("later", ["86400", "Wed, 21 Oct 2037 07:28:00 GMT"])
+async def test_the_openai_fake_sends_retry_after_with_its_injected_failures(later: str) -> None:
+    body = FAMILIES[0].request["json"]
+    async with (
+        openai_server.running_fake(fail_status=429, retry_after=later) as fake,
+        httpx.AsyncClient(base_url=fake.url, timeout=5) as http,
+    ):
+        refused = await http.post("/v1/audio/speech", json=body)
+        fake.set(fail_status=None, error_ratio=1.0)
+        failed = await http.post("/v1/audio/speech", json=body)
+        fake.set(error_ratio=0.0)
+        answered = await http.post("/v1/audio/speech", json=body)
+    assert (refused.status_code, refused.headers["Retry-After"]) == (429, later)
+    assert failed.status_code >= 500
+    assert failed.headers["Retry-After"] == later
+    assert answered.status_code == 200
+    assert "Retry-After" not in answered.headers
+
+
+async def test_the_openai_fake_answers_marked_inputs_at_the_marked_rate() -> None:
+    rates = []
+    async with (
+        openai_server.running_fake(marked_rate=16000, rate_marker="~16k") as fake,
+        httpx.AsyncClient(base_url=fake.url, timeout=5) as http,
+    ):
+        for text in ("Plain text.", "Marked ~16k text.", "Plain again."):
+            body = {"model": "m", "voice": "v", "input": text}
+            answer = await http.post("/v1/audio/speech", json=body)
+            with wave.open(io.BytesIO(answer.content)) as reader:
+                rates.append(reader.getframerate())
+    assert rates == [openai_server.RATE, 16000, openai_server.RATE]
