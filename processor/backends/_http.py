@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 
-from processor.backends.base import transient
+from processor.backends.base import Utterance, transient
 from processor.classify import error_for_status
 from processor.errors import Stage, VoxlineError
 
@@ -199,3 +199,26 @@ class HttpClient:
         """Close the pool, unless it was handed in (then its owner closes it)."""
         if self._owns_client:
             await self._client.aclose()
+
+
+class HttpBackend:
+    """What the HTTP adapters share: one pool (``_http``), and ``check`` as building the
+    request body, which rejects what the server cannot do before any I/O."""
+
+    name: str
+    _http: HttpClient
+    _url: str
+
+    def __repr__(self) -> str:  # never the key
+        model = getattr(self, "_model", None)
+        extra = "" if model is None else f", model={model!r}"
+        return f"{type(self).__name__}(name={self.name!r}, url={self._url!r}{extra})"
+
+    def _body(self, utterance: Utterance) -> Any:
+        raise NotImplementedError
+
+    def check(self, utterance: Utterance) -> None:
+        self._body(utterance)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()

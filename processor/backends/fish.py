@@ -55,6 +55,7 @@ import httpx
 import msgpack  # type: ignore[import-untyped]  # no stubs or py.typed
 
 from processor.backends._http import (
+    HttpBackend,
     HttpClient,
     clip,
     status_error,
@@ -177,7 +178,7 @@ def error_for_response(status: int, message: str, retry_after: str | None) -> Vo
     return error
 
 
-class FishSpeechBackend:
+class FishSpeechBackend(HttpBackend):
     """One Fish Speech API server, through one shared connection pool."""
 
     def __init__(
@@ -205,12 +206,6 @@ class FishSpeechBackend:
             classify=error_for_response,
         )
 
-    def __repr__(self) -> str:  # never the key
-        return f"FishSpeechBackend(name={self.name!r}, url={self._url!r})"
-
-    def check(self, utterance: Utterance) -> None:
-        self._body(utterance)
-
     async def synthesize(self, utterance: Utterance) -> Audio:
         body = self._body(utterance)
         reference = utterance.voice.reference
@@ -233,9 +228,6 @@ class FishSpeechBackend:
         except ValueError:
             return False
         return isinstance(answer, dict) and answer.get("status") == "ok"
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
 
     def _body(self, utterance: Utterance) -> JsonBody:
         check_voice(utterance)

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import httpx
 
-from processor.backends._http import DEFAULT_TIMEOUT, HttpClient
+from processor.backends._http import DEFAULT_TIMEOUT, HttpBackend, HttpClient
 from processor.backends.base import Audio, Utterance, invalid, measure, number
 
 
@@ -51,7 +51,7 @@ def speech_body(utterance: Utterance, *, model: str, default_voice: str) -> dict
     return body
 
 
-class OpenAIBackend:
+class OpenAIBackend(HttpBackend):
     """One OpenAI-compatible speech server, through one shared connection pool."""
 
     def __init__(
@@ -76,18 +76,9 @@ class OpenAIBackend:
             timeout=timeout, max_connections=max_connections, api_key=api_key, client=client
         )
 
-    def __repr__(self) -> str:  # never the key
-        return f"OpenAIBackend(name={self.name!r}, url={self._url!r}, model={self._model!r})"
-
-    def check(self, utterance: Utterance) -> None:
-        self._body(utterance)
-
     async def synthesize(self, utterance: Utterance) -> Audio:
         status, data = await self._http.post(self._url, json=self._body(utterance))
         return measure(data, http_status=status)
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
 
     def _body(self, utterance: Utterance) -> dict[str, object]:
         return speech_body(utterance, model=self._model, default_voice=self._default_voice)

@@ -63,7 +63,7 @@ from types import MappingProxyType
 
 import httpx
 
-from processor.backends._http import HttpClient, status_error
+from processor.backends._http import HttpBackend, HttpClient, status_error
 from processor.backends.base import (
     Audio,
     ReferenceAudio,
@@ -188,7 +188,7 @@ def error_for_response(status: int, message: str, retry_after: str | None) -> Vo
     return status_error(status, message, retry_after)
 
 
-class QwenTTSBackend:
+class QwenTTSBackend(HttpBackend):
     """One vLLM-Omni server running a Qwen3-TTS checkpoint, through one connection pool."""
 
     def __init__(
@@ -222,12 +222,6 @@ class QwenTTSBackend:
             classify=error_for_response,
         )
 
-    def __repr__(self) -> str:  # never the key
-        return f"QwenTTSBackend(name={self.name!r}, url={self._url!r}, model={self._model!r})"
-
-    def check(self, utterance: Utterance) -> None:
-        self._body(utterance)
-
     async def synthesize(self, utterance: Utterance) -> Audio:
         body = self._body(utterance)
         if utterance.voice.reference is not None:
@@ -239,9 +233,6 @@ class QwenTTSBackend:
         """Whether vLLM's ``GET /health`` answers 200 (the engine is up)."""
         response = await self._http.get(self._health_url)
         return response is not None and response.status_code == 200
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
 
     def _body(self, utterance: Utterance) -> JsonBody:
         return speech_body(utterance, model=self._model, default_speaker=self._default_speaker)
