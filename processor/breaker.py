@@ -20,7 +20,8 @@ States::
   row, or, once the sliding window of the last ``window`` outcomes holds at least ``min_calls``,
   a share of systemic failures of at least ``failure_ratio``. The first rule reacts fast to a
   dead server; the second catches a flapping one that never fails ``failure_threshold`` times in
-  a row.
+  a row. :meth:`trip` opens it at once, for a caller that knows the server is gone (the gate,
+  when every call in flight failed together: a crash, then a restart).
 * **Cool-down.** ``open_for_s`` after opening from closed; each failed probe doubles it, capped
   at ``max_open_for_s``. Closing resets it, the consecutive count and the window.
 * **Half-open.** The first :meth:`allow` after the cool-down moves to half_open and hands out up
@@ -97,7 +98,7 @@ class Transition:
     #: The ``now`` of the call that made the change.
     at: float
     #: Why: ``consecutive_failures``, ``failure_ratio``, ``cool_down_passed``,
-    #: ``probe_failed`` or ``probe_succeeded``.
+    #: ``probe_failed``, ``probe_succeeded`` or the cause given to :meth:`Breaker.trip`.
     cause: str
     #: The cool-down in force after the change (seconds; meaningful when ``new`` is open).
     open_for_s: float
@@ -208,6 +209,16 @@ class Breaker:
         elif self._state == "half_open":
             self._open_for = min(self._open_for * 2.0, self.config.max_open_for_s)
             self._open(now, "probe_failed")
+        return self._state
+
+    def trip(self, now: float, cause: str) -> State:
+        """Open now, whatever the counts say: the caller knows the server is gone (it crashed
+        with every call in flight). From half_open the cool-down doubles, as for a failed
+        probe; an open breaker stays as it is. Returns the state after it."""
+        if self._state == "half_open":
+            self._open_for = min(self._open_for * 2.0, self.config.max_open_for_s)
+        if self._state != "open":
+            self._open(now, cause)
         return self._state
 
     def release_probe(self) -> None:

@@ -2,7 +2,9 @@
 circuit breaker. Thin asyncio around the pure ``limiter`` and ``breaker`` policies.
 
 A slot is held only for the duration of one backend call, so a record sleeping in retry
-backoff holds none.
+backoff holds none. A crash (:class:`CrashWatch`: every call in flight failed together) opens
+the breaker at once, so records hold instead of feeding retries to a server that is restarting,
+and reaches the window as outcome ``crash``, so it drops and remembers where it hurt.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import math
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -17,7 +20,7 @@ import structlog
 
 from processor.breaker import Breaker
 from processor.errors import Systemic, Transient, VoxlineError
-from processor.limiter import Limit, Outcome, Sample
+from processor.limiter import FAILURES, Limit, Outcome, Sample
 
 log = structlog.get_logger("voxline.gate")
 
@@ -60,6 +63,42 @@ def is_outage(error: BaseException | None) -> bool:
     return error.error_type in ("connect", "timeout") or (error.http_status or 0) >= 500
 
 
+class CrashWatch:
+    """Recognises a crash-type overload (pure): errors or timeouts in a row, with no answer
+    between, of at least ``calls`` and ``share`` of the calls that were on the server, then of a
+    call sent after them (refused: the server is restarting). A server that fails only its
+    excess, or answers 429/503, answers between its failures; one that was down before the
+    calls were sent took none of them down."""
+
+    __slots__ = ("_calls", "_first_at", "_level", "_reported", "_share", "_victims")
+
+    def __init__(self, calls: int = 3, share: float = 0.75) -> None:
+        self._calls, self._share = calls, share
+        self._victims = self._level = 0
+        self._first_at = math.inf  # when the run's first failure came back
+        self._reported = False
+
+    def see(self, sample: Sample) -> Sample:
+        """``sample``, or once per crash the same call as outcome ``crash`` with ``in_flight``
+        the most calls in flight when a call the crash took down started: where it crashed."""
+        if sample.outcome in ("ok", "overload"):  # an answer: the server is up
+            self._victims = self._level = 0
+            self._first_at, self._reported = math.inf, False
+            return sample
+        if sample.outcome not in FAILURES:
+            return sample
+        self._first_at = min(self._first_at, sample.now)
+        if sample.started < self._first_at:  # on the server when it fell
+            self._victims += 1
+            self._level = max(self._level, sample.in_flight)
+            return sample
+        fell = self._victims >= max(self._calls, self._share * self._level)
+        if self._reported or not fell:  # or this one, sent after, did not fail
+            return sample
+        self._reported = True
+        return dataclasses.replace(sample, outcome="crash", in_flight=self._level)
+
+
 @dataclasses.dataclass(slots=True)
 class Call:
     """Filled in by the caller: what became of the call."""
@@ -84,6 +123,7 @@ class Gate:
         self._clock = clock
         self._changed = asyncio.Condition()
         self._on_change = on_change
+        self.crashes = CrashWatch()
 
     @property
     def limit(self) -> int:
@@ -139,15 +179,10 @@ class Gate:
     ) -> None:
         now = self._clock()
         outcome = outcome_of(error)
-        self.window.update(
-            Sample(
-                latency_s=max(0.0, now - started),
-                work=max(1.0, work),
-                outcome=outcome,
-                in_flight=max(1, in_flight),
-                now=now,
-            )
-        )
+        sample = Sample(max(0.0, now - started), max(1.0, work), outcome, max(1, in_flight), now)
+        if outcome != "error" or is_outage(error):  # a bug of ours says nothing of the server
+            sample = self.crashes.see(sample)
+        self.window.update(sample)
         if self.breaker is None:
             return
         before = self.breaker.state
@@ -156,6 +191,8 @@ class Gate:
                 self.breaker.release_probe()
         elif is_outage(error):
             self.breaker.record_failure(now, systemic=True)
+            if sample.outcome == "crash":
+                self.breaker.trip(now, "crash")
         else:
             self.breaker.record_success(now)
         after = self.breaker.state
@@ -164,5 +201,6 @@ class Gate:
                 "breaker " + after,
                 backend=self.name,
                 was=before,
+                crash=sample.outcome == "crash",
                 error=getattr(error, "message", None),
             )

@@ -1,75 +1,78 @@
 """Adaptive concurrency window per TTS backend: pure policy, no I/O, no clock.
 
-Self-hosted TTS servers rarely say "slow down": past their capacity they queue (latency grows),
-then run out of GPU memory or drop connections. So the client must find the window itself. The
-gate that admits calls (written elsewhere) reports one :class:`Sample` per finished call and
-reads :attr:`AdaptiveLimit.limit`; everything here is deterministic in the samples it is fed.
+Self-hosted TTS servers rarely say "slow down": past their capacity they queue, then run out of
+GPU memory, fail every call in flight and restart (../shared/BACKENDS.md). The gate reports a
+:class:`Sample` per finished call and reads :attr:`AdaptiveLimit.limit`.
 
-Algorithm (after Netflix concurrency-limits Gradient2/AIMD, Envoy adaptive concurrency, BBR):
-
-* **Normalise.** TTS latency grows with text length, so each latency is divided by the call's
-  work (characters): everything below compares *seconds per unit of work*.
-* **Baseline** = no-load normalised latency: the median of the first ``probe_samples`` calls,
-  re-measured (up or down) by a periodic **probe**: every ``probe_interval_s`` the window drops to
-  ``probe_ratio * limit`` until ``probe_samples`` calls started inside the probe have finished
-  (Envoy's minRTT window, BBR's ProbeRTT). A min-only baseline could never rise, and a server that
-  got slower for good would look queued forever; queueing at ``min_limit`` probes at once, which
-  costs nothing there. Between probes the baseline follows a *long* EMA down when that is clearly
-  (past noise) lower: even under load, a lower long average means a faster server.
-* **Gradient.** ``short`` is an EMA over ``max(short_window, limit)`` calls (one window's worth,
-  so the shortest-first order of completions does not bias it);
-  ``gradient = clamp(tolerance * (1 + margin) * baseline / short, 0.5, 1)``, where ``margin`` is
-  ``noise_margin`` standard errors of ``short``, from the measured spread of normalised latency:
-  per-character noise must not read as queueing. Target = ``limit * gradient +
-  queue_allowance * sqrt(limit)``; the allowance keeps a small standing queue so that queueing
-  stays measurable, the 0.5 floor keeps an outlier from halving the window. Each sample moves the
-  estimate ``smoothing / limit`` of the way, so one window's worth of completions (a "round")
-  makes one smoothed step whatever the window size.
-* **Slow start.** Until latency first clearly rises or a call fails, each ok call adds
-  ``slow_start_step`` (x1.5 per round), so a big server is found in a few rounds.
-* **App-limited.** A call started with fewer than ``limit / 2`` in flight may lower the window
-  but never raises it: an unused window says nothing about the server's capacity.
-* **AIMD on failures.** ``overload``, ``timeout`` and ``error`` multiply the window by
-  ``backoff_ratio`` (at least one slot less), but only for a call that *started after* the last
-  cut: calls launched under the old window report the same overload, so a burst is one cut per
-  round (as TCP cuts once per window) and cannot collapse the window to ``min_limit`` at once.
-  Failed calls never feed the latency estimates (a fast 503 is not a fast server).
-* ``dropped`` (cancelled) samples are ignored. The limit always stays in
-  ``[min_limit, max_limit]``.
-
-Known limits: processes sharing one server probe independently, and a probe taken while the others
-keep it busy reads a high baseline (the AIMD cut on failures still bounds the window). A fixed
-per-call cost makes short texts look slow per character; only their noise margin absorbs it.
-Very noisy per-character latency makes the window conservative on large servers.
+* **Latency** per unit of work (characters); **baseline**: the median no-load latency of
+  ``probe_samples`` calls, at start and every ``probe_interval_s`` (a **probe**: the window drops
+  to ``probe_ratio`` of itself; at once if queueing persists at ``min_limit``).
+* **Gradient** (Netflix Gradient2): ``clamp(tolerance * (1 + margin) * baseline / short, 0.5,
+  1)``, ``short`` an EMA over a window's worth of calls, ``margin`` ``noise_margin`` standard
+  errors of it. Target ``limit * gradient + queue_allowance * sqrt(limit)``, approached
+  ``smoothing`` of the way per round (``limit`` calls); **slow start** (``slow_start_step`` per
+  ok call) until latency first rises. Calls started with under ``limit / 2`` in flight never
+  raise the window. **Failures** cut it by ``backoff_ratio`` once per round (a call started
+  before the last cut cannot cut again) and never feed the latency estimates.
+* **Memory of where it hurt** (TCP after a loss): a failure at the highest load lately seen (not
+  a stray error below it) or a crash records the *hurt level*, one call above the most in flight
+  that lately succeeded. The window stays below it: fast (slow start) up to ``approach`` of it,
+  slowly above. The level rises on evidence (a round at the cap with latency at the baseline,
+  when the hurt came with queueing: a crash without latency warning gives none), else by one
+  call each ``memory_s`` without a hurt, a wait that doubles each time such a probe hurts.
+* **Crash** (outcome ``crash``: the gate saw the calls in flight fail together): the window
+  drops to ``crash_ratio`` of the hurt level; failures count again once a call succeeds.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import dataclass
-from typing import Literal, Protocol, get_args
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Any, Literal, Protocol, get_args
 
-Outcome = Literal["ok", "overload", "timeout", "error", "dropped"]
+Outcome = Literal["ok", "overload", "timeout", "error", "crash", "dropped"]
 OUTCOMES: frozenset[str] = frozenset(get_args(Outcome))
 #: Outcomes that mean the server could not cope: multiplicative decrease.
-FAILURES: frozenset[str] = frozenset({"overload", "timeout", "error"})
+FAILURES: frozenset[str] = frozenset({"overload", "timeout", "error", "crash"})
 
 _MIN_GRADIENT = 0.5
 #: A gradient below this means latency is clearly (past noise) above the baseline.
 _QUEUEING = 0.95
 #: A call that started with fewer than this share of the window in flight cannot grow it.
 _APP_LIMITED_SHARE = 0.5
+#: A call this many standard deviations slower than the baseline ends slow start.
+_SLOW_CALL = 3.0
+#: Near the hurt level the window grows at least this share of its usual pace.
+_NEAR_PACE = 0.1
+#: Longest wait between probes above the hurt level, in ``memory_s``.
+_MAX_HOLDS = 16.0
 
 
 def _weight(window: int) -> float:
-    """EMA weight of the newest sample for an average over about ``window`` samples."""
-    return 2.0 / (window + 1.0)
+    return 2.0 / (window + 1.0)  # of the newest sample, in an EMA over ``window`` samples
 
 
 def _finite(name: str, value: float) -> None:
     if not math.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value!r}")
+
+
+def _rule(text: str, test: Callable[[float], bool], *names: str) -> dict[str, Any]:
+    return dict.fromkeys(names, (text, test))
+
+
+#: What each setting must be (the floats but the ``*_s`` ones must also be finite).
+_RULES: dict[str, tuple[str, Callable[[float], bool]]] = {
+    **_rule(
+        "in (0, 1)", lambda v: 0 < v < 1, "backoff_ratio", "probe_ratio", "approach", "crash_ratio"
+    ),
+    **_rule("> 0", lambda v: v > 0, "queue_allowance", "min_work", "probe_interval_s", "memory_s"),
+    **_rule(">= 1", lambda v: v >= 1, "short_window", "long_window", "probe_samples", "tolerance"),
+    **_rule(">= 0", lambda v: v >= 0, "slow_start_step", "noise_margin"),
+    **_rule("in (0, 1]", lambda v: 0 < v <= 1, "smoothing"),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,58 +90,38 @@ class LimiterConfig:
     tolerance: float = 1.0
     #: Standing-queue allowance: the target adds ``queue_allowance * sqrt(limit)``.
     queue_allowance: float = 0.4
-    #: Slow start: window added per ok call until latency first rises or a call fails
-    #: (0.5 = x1.5 per round; 0 starts straight in the gradient regime).
-    slow_start_step: float = 0.5
-    #: Samples the short-term latency EMA averages over.
+    #: Window added per ok call in slow start (0.25 = x1.25 per round; 0: no slow start).
+    slow_start_step: float = 0.25
+    #: Samples of the short latency EMA (at least a window's worth) and of the long one (the
+    #: baseline's drift and the noise estimate).
     short_window: int = 10
-    #: Samples over which the baseline follows a lower short-term latency down (1 = at once)
-    #: and over which the noise of normalised latency is estimated.
     long_window: int = 100
-    #: Latency counts as queueing only past ``noise_margin`` standard errors of the short EMA,
-    #: measured online: noisy per-character latency must not read as queueing.
+    #: Queueing only past ``noise_margin`` standard errors of the short EMA.
     noise_margin: float = 2.0
     #: Seconds between baseline re-measurements; ``math.inf`` disables probing.
     probe_interval_s: float = 300.0
-    #: Window during a probe, as a share of the current limit (never below ``min_limit``).
+    #: Window during a probe, as a share of the limit; calls whose median makes a baseline.
     probe_ratio: float = 0.5
-    #: Calls whose median makes a baseline (at start and in each probe).
     probe_samples: int = 8
     #: Work below this counts as this much, so empty texts do not divide by zero.
     min_work: float = 1.0
+    #: Below this share of the hurt level the window climbs as in slow start.
+    approach: float = 0.8
+    #: Seconds without a hurt before the hurt level rises by one call; ``math.inf``: never.
+    memory_s: float = 300.0
+    #: Window after a crash, as a share of the hurt level.
+    crash_ratio: float = 0.5
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_limit <= self.initial_limit <= self.max_limit:
             raise ValueError("need 1 <= min_limit <= initial_limit <= max_limit")
-        for name in (
-            "backoff_ratio",
-            "smoothing",
-            "tolerance",
-            "queue_allowance",
-            "slow_start_step",
-            "noise_margin",
-            "probe_ratio",
-            "min_work",
-        ):
-            _finite(name, getattr(self, name))
-        if not 0.0 < self.backoff_ratio < 1.0:
-            raise ValueError("backoff_ratio must be in (0, 1)")
-        if not 0.0 < self.smoothing <= 1.0:
-            raise ValueError("smoothing must be in (0, 1]")
-        if self.tolerance < 1.0:
-            raise ValueError("tolerance must be >= 1 (below 1 no-load latency reads as queueing)")
-        if self.queue_allowance <= 0.0:
-            raise ValueError("queue_allowance must be > 0 (else the window can never grow)")
-        if self.slow_start_step < 0.0 or self.noise_margin < 0.0:
-            raise ValueError("slow_start_step and noise_margin must be >= 0")
-        if min(self.short_window, self.long_window, self.probe_samples) < 1:
-            raise ValueError("short_window, long_window and probe_samples must be >= 1")
-        if math.isnan(self.probe_interval_s) or self.probe_interval_s <= 0.0:
-            raise ValueError("probe_interval_s must be > 0 (math.inf disables probing)")
-        if not 0.0 < self.probe_ratio < 1.0:
-            raise ValueError("probe_ratio must be in (0, 1)")
-        if self.min_work <= 0.0:
-            raise ValueError("min_work must be > 0")
+        for field in fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, float) and not field.name.endswith("_s"):
+                _finite(field.name, value)
+        for name, (rule, test) in _RULES.items():
+            if not test(getattr(self, name)):  # NaN fails every test
+                raise ValueError(f"{name} must be {rule}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +133,8 @@ class Sample:
     #: Size of the call, e.g. characters of text; latency is compared per unit of work.
     work: float
     outcome: Outcome
-    #: Calls in flight when this one started, this one included.
+    #: Calls in flight when this one started, this one included (for a ``crash``: the most
+    #: in flight when a call it took down started).
     in_flight: int
     #: Monotonic seconds when the call finished; it started at ``now - latency_s``.
     now: float
@@ -204,25 +188,28 @@ class StaticLimit:
 
 
 class AdaptiveLimit:
-    """Gradient-on-normalised-latency window with AIMD on failures; see the module docstring."""
+    """Gradient window, AIMD on failures, memory of where it hurt: see the module docstring."""
 
     def __init__(self, config: LimiterConfig | None = None) -> None:
-        self._config = config or LimiterConfig()
-        self._estimate = float(self._config.initial_limit)
+        cfg = self._config = config or LimiterConfig()
+        self._estimate = float(cfg.initial_limit)
         self._short: float | None = None
         self._long: float | None = None
         self._spread = 0.0  # EMA of the squared relative deviation of a sample from `short`
         self._baseline: float | None = None
         self._baseline_at = -math.inf
         self._last_cut_at = -math.inf
-        self._slow_start = self._config.slow_start_step > 0.0
+        self._slow_start = cfg.slow_start_step > 0.0
         self._probe_started: float | None = None
         self._probe_norms: list[float] = []
-
-    @property
-    def config(self) -> LimiterConfig:
-        """The tuning in use."""
-        return self._config
+        self._restarting = False
+        self._hurt: float | None = None  # calls in flight where it hurt
+        self._hurt_before: float | None = None
+        self._hurt_at = self._lifted_at = -math.inf
+        self._hold_s = cfg.memory_s
+        self._latency_tells = False  # whether latency at the cap can prove more room
+        self._ok_peak = 0  # most calls in flight when a call that succeeded started, lately
+        self._evidence = 0
 
     @property
     def limit(self) -> int:
@@ -239,9 +226,16 @@ class AdaptiveLimit:
         """No-load seconds per unit of work, once known."""
         return self._baseline
 
+    @property
+    def hurt_level(self) -> float | None:
+        """Calls in flight at which the server last hurt; the window stays below it."""
+        return self._hurt
+
     def update(self, sample: Sample) -> int:
         """Account for a finished call; return the new limit."""
-        if sample.outcome in FAILURES:
+        if sample.outcome == "crash":
+            self._on_crash(sample)
+        elif sample.outcome in FAILURES:
             self._on_failure(sample)
         elif sample.outcome == "ok":
             self._on_ok(sample)
@@ -251,18 +245,47 @@ class AdaptiveLimit:
         cfg = self._config
         return max(cfg.min_limit, min(cfg.max_limit, math.floor(self._estimate)))
 
+    def _cap(self) -> float:
+        cfg = self._config
+        top = cfg.max_limit if self._hurt is None else math.ceil(self._hurt) - 1
+        return float(max(cfg.min_limit, min(cfg.max_limit, top)))
+
     def _probe_limit(self) -> int:
         return max(self._config.min_limit, math.floor(self._window() * self._config.probe_ratio))
 
+    def _on_crash(self, sample: Sample) -> None:
+        if self._hurt_at == self._last_cut_at:  # placed by the crash's first failure: redo
+            self._hurt = self._hurt_before
+        self._remember(sample.in_flight, sample.now, latency_tells=False)
+        # Queueing before the crash: calm latency at the cap later is evidence of more room.
+        self._latency_tells, cfg = self._gradient() < _QUEUEING, self._config
+        self._estimate = max(float(cfg.min_limit), self._cap() * cfg.crash_ratio)
+        self._last_cut_at, self._restarting = sample.now, True
+        self._slow_start = cfg.slow_start_step > 0.0
+
     def _on_failure(self, sample: Sample) -> None:
-        if sample.started < self._last_cut_at:
-            return  # launched under the window already cut for: same round, same overload
+        if self._restarting or sample.started < self._last_cut_at:
+            return  # the restart, or launched under the window already cut for: same overload
         cfg, window = self._config, self._window()
+        loaded = sample.in_flight >= max(self._ok_peak, window * _APP_LIMITED_SHARE)
+        if loaded:  # it failed where nothing lately succeeded: the load did it
+            self._remember(max(sample.in_flight, self._ok_peak + 1), sample.now, True)
         self._estimate = max(float(cfg.min_limit), min(window * cfg.backoff_ratio, window - 1.0))
         self._last_cut_at = sample.now
         self._slow_start = False
 
+    def _remember(self, level: int, now: float, latency_tells: bool) -> None:
+        if now - self._lifted_at < self._hold_s:  # the last probe above the level hurt
+            self._hold_s = min(self._hold_s * 2.0, self._config.memory_s * _MAX_HOLDS)
+        self._hurt_before, at = self._hurt, float(max(self._config.min_limit + 1, level))
+        self._hurt = at if self._hurt is None else min(self._hurt, at)
+        self._hurt_at, self._latency_tells = now, latency_tells
+        self._ok_peak = self._evidence = 0
+        self._estimate = min(self._estimate, self._cap())
+
     def _on_ok(self, sample: Sample) -> None:
+        self._restarting = False
+        self._ok_peak = max(self._ok_peak, sample.in_flight)
         norm = sample.latency_s / max(sample.work, self._config.min_work)
         short, long, baseline = self._short, self._long, self._baseline
         if short is None or long is None or baseline is None:
@@ -272,14 +295,33 @@ class AdaptiveLimit:
             self._probe(sample, norm, self._probe_started)
             return
         self._track(norm, short, long, baseline)
+        # In slow start one clearly slow call ends it: the average would see it a round late.
+        noise = 1.0 + _SLOW_CALL * math.sqrt(self._spread)
+        self._slow_start = self._slow_start and norm <= baseline * self._config.tolerance * noise
         if self._probe_due(sample.now):
             self._probe_started, self._probe_norms = sample.now, []
-        else:
-            self._step(sample.in_flight)
+            return
+        self._relearn(sample)
+        self._step(sample.in_flight)
+
+    def _relearn(self, sample: Sample) -> None:
+        """Let the hurt level rise on evidence of more room, or slowly with time."""
+        if self._hurt is None:
+            return
+        if sample.now - self._hurt_at >= self._hold_s:
+            self._hurt += 1.0
+            self._hurt_at = self._lifted_at = sample.now
+        at_cap = self._window() >= self._cap() and sample.in_flight >= self._cap()
+        if not (at_cap and self._latency_tells and self._gradient() >= _QUEUEING):
+            self._evidence = 0
+            return
+        self._evidence += 1
+        if self._evidence >= self._window():  # a whole round at the cap without queueing
+            self._hurt += max(1.0, 0.1 * self._hurt)
+            self._evidence, self._hold_s = 0, self._config.memory_s
 
     def _first_baseline(self, sample: Sample, norm: float) -> None:
-        # The initial window is meant to be small, so its calls measure no-load latency; a
-        # median of several, or one lucky call would read as queueing later.
+        # The small initial window measures no-load latency; a median, not one lucky call.
         self._probe_norms.append(norm)
         if len(self._probe_norms) >= self._config.probe_samples:
             self._set_baseline(sample.now)
@@ -298,8 +340,7 @@ class AdaptiveLimit:
     def _probe_due(self, now: float) -> bool:
         if now - self._baseline_at >= self._config.probe_interval_s:
             return True
-        # Queueing at the smallest window means the baseline is stale (the server got slower):
-        # probing there costs nothing, the window is already as small as it gets.
+        # Queueing at the smallest window: the baseline is stale, and probing there is free.
         return self._window() == self._config.min_limit and self._gradient() < _QUEUEING
 
     def _track(self, norm: float, short: float, long: float, baseline: float) -> None:
@@ -308,34 +349,37 @@ class AdaptiveLimit:
         self._spread += slow * (deviation - self._spread)
         self._short = short + self._fast() * (norm - short)
         self._long = long + slow * (norm - long)
-        # Even under load the long average is below the baseline only if the server got
-        # faster; the margin keeps its noise from ratcheting the baseline down.
+        # Below the baseline (past noise) even under load: the server got faster.
         self._baseline = min(baseline, self._long * (1.0 + self._margin(slow)))
 
     def _fast(self) -> float:
-        # At least one window's worth of completions, or the order in which one window's calls
-        # finish (shortest first) would bias it.
+        # A window's worth at least, or the shortest-first order of completions would bias it.
         return _weight(max(self._config.short_window, self._window()))
 
     def _margin(self, weight: float) -> float:
-        # noise_margin standard errors of an EMA of this weight over samples of the measured
-        # relative variance.
+        # noise_margin standard errors of an EMA of this weight (measured relative variance).
         return self._config.noise_margin * math.sqrt(self._spread * weight / (2.0 - weight))
 
     def _step(self, in_flight: int) -> None:
         cfg = self._config
-        limit, gradient = self._estimate, self._gradient()
+        limit, gradient, cap = self._estimate, self._gradient(), self._cap()
         app_limited = in_flight < limit * _APP_LIMITED_SHARE
-        self._slow_start = self._slow_start and gradient >= _QUEUEING
+        near = self._hurt is not None and limit >= cfg.approach * self._hurt
+        self._slow_start = self._slow_start and gradient >= _QUEUEING and not near
         if self._slow_start:
             moved = limit if app_limited else limit + cfg.slow_start_step
         else:
-            target = limit * gradient + cfg.queue_allowance * math.sqrt(limit)
+            allowance = cfg.queue_allowance * math.sqrt(limit)
+            if near:  # close to where it hurt: creep up (concave, as TCP CUBIC)
+                assert self._hurt is not None
+                room = (cap - limit) / max(1.0, cap - cfg.approach * self._hurt)
+                allowance *= max(_NEAR_PACE, min(1.0, room))
+            target = limit * gradient + allowance
             if app_limited:
                 target = min(target, limit)
             share = min(1.0, cfg.smoothing / max(limit, 1.0))
             moved = limit + share * (target - limit)
-        self._estimate = max(float(cfg.min_limit), min(float(cfg.max_limit), moved))
+        self._estimate = max(float(cfg.min_limit), min(cap, moved))
 
     def _gradient(self) -> float:
         baseline, short = self._baseline, self._short

@@ -4,13 +4,14 @@ backend is down, and the window policy hears every call's outcome."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import pytest
 
 from processor.breaker import Breaker, BreakerConfig
 from processor.errors import Permanent, Stage, Systemic, Transient
-from processor.gate import Gate, is_outage, outcome_of
-from processor.limiter import Sample, StaticLimit
+from processor.gate import CrashWatch, Gate, is_outage, outcome_of
+from processor.limiter import Outcome, Sample, StaticLimit
 
 
 class Clock:
@@ -140,3 +141,79 @@ async def test_an_open_breaker_holds_calls_until_a_probe_succeeds() -> None:
 async def _enter(gate: Gate) -> None:
     async with gate.call(work=1):
         pass
+
+
+def failed(started: float, now: float, in_flight: int, outcome: Outcome = "error") -> Sample:
+    return Sample(now - started, 10.0, outcome, in_flight, now)
+
+
+def test_a_crash_is_every_call_on_the_server_failing_together_then_a_refusal() -> None:
+    watch = CrashWatch()
+    victims = [failed(float(k), 10.0 + 0.001 * k, k + 1) for k in range(6)]
+    assert [watch.see(v) for v in victims] == victims  # could still be the excess failing
+    crash = watch.see(failed(10.01, 10.011, 1))  # refused: sent after they fell
+    assert (crash.outcome, crash.in_flight) == ("crash", 6)  # where it fell
+    assert watch.see(failed(11.0, 11.001, 1)).outcome == "error"  # once per crash
+    watch.see(failed(15.0, 15.2, 1, "ok"))  # the server is back
+    for v in victims:
+        watch.see(dataclasses.replace(v, now=v.now + 20.0))
+    assert watch.see(failed(30.02, 30.021, 1)).outcome == "crash"  # and can crash again
+
+
+@pytest.mark.parametrize(
+    ("name", "trace"),
+    [
+        ("only the excess fails", [(0.0, 1.0, 9, "error"), (0.1, 1.1, 8, "ok")] * 4),
+        ("busy, answering 503", [(0.0, 1.0, 9, "overload")] * 8 + [(1.5, 1.6, 1, "overload")]),
+        ("down before the calls", [(float(k), k + 0.001, 1, "error") for k in range(8)]),
+        ("half the calls failed", [(0.0, 5.0, 8, "error")] * 3 + [(5.5, 5.6, 1, "error")]),
+        ("two calls on the server", [(0.0, 5.0, 2, "error")] * 2 + [(5.5, 5.6, 1, "error")] * 3),
+    ],
+)
+def test_no_crash_while_the_server_answers_or_took_no_call_down(
+    name: str, trace: list[tuple[float, float, int, Outcome]]
+) -> None:
+    watch = CrashWatch()
+    assert all(watch.see(failed(*call)).outcome != "crash" for call in trace), name
+
+
+async def test_a_crash_opens_the_breaker_at_once_and_reaches_the_window() -> None:
+    clock = Clock()
+    window = Recording(8)
+    breaker = Breaker(BreakerConfig(failure_threshold=100))  # only the crash can open it
+    gate = Gate("b", window, breaker, clock=clock)
+    inside, crash = asyncio.Event(), asyncio.Event()
+
+    async def victim() -> None:
+        async with gate.call(work=10):
+            if gate.in_flight == 4:
+                inside.set()
+            await crash.wait()
+            raise t(500)
+
+    tasks = [asyncio.create_task(victim()) for _ in range(4)]
+    await asyncio.wait_for(inside.wait(), timeout=5)
+    clock.now += 1.0
+    crash.set()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert all(isinstance(r, Transient) for r in results)
+    before: str = breaker.state
+    assert before == "closed"  # four 500s: the excess failing, as far as anyone knows
+    clock.now += 0.5
+    with pytest.raises(Transient):
+        async with gate.call(work=10):
+            raise t(error_type="connect")
+    assert breaker.state == "open"
+    assert [s.outcome for s in window.samples] == ["error"] * 4 + ["crash"]
+    assert window.samples[-1].in_flight == 4
+
+
+def test_trip_opens_a_closed_breaker_and_doubles_a_half_open_ones_cool_down() -> None:
+    breaker = Breaker(BreakerConfig(open_for_s=1.0, max_open_for_s=8.0))
+    assert breaker.trip(10.0, "crash") == "open"
+    assert breaker.retry_in(10.0) == 1.0
+    assert breaker.trip(10.5, "crash") == "open"  # already open: the cool-down stands
+    assert breaker.retry_in(10.5) == 0.5
+    assert breaker.allow(11.0)
+    assert breaker.trip(11.2, "crash") == "open"
+    assert breaker.retry_in(11.2) == 2.0

@@ -240,7 +240,7 @@ def converged(config: LimiterConfig | None = None) -> tuple[AdaptiveLimit, float
     return limiter, trace[-1].end
 
 
-@pytest.mark.parametrize("outcome", sorted(FAILURES))
+@pytest.mark.parametrize("outcome", sorted(FAILURES - {"crash"}))
 def test_a_failure_cuts_the_limit_multiplicatively(outcome: Outcome) -> None:
     limiter, now = converged(LimiterConfig(probe_interval_s=math.inf))
     before = limiter.limit
@@ -320,11 +320,11 @@ def test_normalising_by_work_keeps_variable_texts_from_shaking_the_window(seed: 
     assert max(norm_limits) - min(norm_limits) <= 3
     assert all(in_band(limit, 12) for limit in norm_limits)
     assert sum(r.failures for r in normalised) == 0
-    # Fed raw latency, text length looks like noise (or queueing): the window rides the knee
-    # or sinks, and wanders.
+    # Fed raw latency, text length looks like noise (or queueing): the window wanders out of
+    # the band, past the knee (where the memory of failures soon stops it) or below.
     assert raw_spread > 2 * spread
     assert max(raw_limits) - min(raw_limits) >= 4
-    assert raw_failures >= 10
+    assert sum(not in_band(limit, 12) for limit in raw_limits) >= 0.05 * len(raw_limits)
 
 
 def test_constant_seconds_per_character_is_not_queueing_whatever_the_text_length() -> None:
