@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import inspect
 import itertools
 import json
 import os
@@ -15,20 +16,34 @@ import statistics
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.client import AIOKafkaClient, ConnectionGroup, CoordinationType
+from aiokafka.errors import KafkaError, for_code
+from aiokafka.protocol.commit import OffsetFetchRequest
+from prometheus_client.parser import text_string_to_metric_families
 
 from processor.errors import InvalidInput
+from processor.kafka.consumer import Committed
 from processor.kafka.records import end_offsets
 from processor.kafka.topics import ensure_topics
 from processor.ops.reconcile import Report, reconcile
 from processor.request import parse_request
 from processor.settings import Settings
+from tests.faults.kills import (
+    Crash,
+    CrashCost,
+    PartitionCommit,
+    acknowledged,
+    costs,
+    event_stamps,
+)
 from tests.integration.harness import unique_settings
 from tests.integration.services import Services
 
@@ -53,18 +68,18 @@ def results_path() -> Path:
 
 @dataclasses.dataclass
 class FakeBackend:
-    """``python -m tests.fakes.openai_server`` in its own process, driven over HTTP."""
+    """``python -m tests.fakes.<family>_server`` in its own process, driven over HTTP."""
 
     proc: asyncio.subprocess.Process
     url: str
 
     @classmethod
-    async def start(cls, log: Path, *args: str) -> FakeBackend:
+    async def start(cls, log: Path, *args: str, family: str = "openai") -> FakeBackend:
         with log.open("ab") as err:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "tests.fakes.openai_server",
+                f"tests.fakes.{family}_server",
                 "--port",
                 "0",
                 *args,
@@ -110,12 +125,18 @@ def _tail(log: Path, chars: int = 2000) -> str:
 # -- processors ---------------------------------------------------------------------------------
 
 
+#: The line ``voxline run`` logs once /healthz, /readyz and /metrics are served.
+SERVING = "serving /healthz, /readyz, /metrics"
+
+
 @dataclasses.dataclass
 class Processor:
     name: str
     proc: asyncio.subprocess.Process
     log: Path
     started: float
+    #: Where it serves /metrics (``VOXLINE_HTTP_PORT=0``: a free port, read from its log).
+    port: int | None = None
 
     @property
     def running(self) -> bool:
@@ -123,6 +144,73 @@ class Processor:
 
     def log_text(self) -> str:
         return self.log.read_text(encoding="utf-8", errors="replace")
+
+    def logged(self) -> list[dict[str, Any]]:
+        """Its JSON log lines so far (a line a kill cut short is left out)."""
+        entries = []
+        for line in self.log_text().splitlines():
+            if not line.startswith("{"):
+                continue
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(entry, dict):
+                entries.append(entry)
+        return entries
+
+    async def http_port(self, timeout: float = 60) -> int:
+        """The port it serves /metrics on, once it does (run it with VOXLINE_HTTP_PORT=0)."""
+        give_up = time.monotonic() + timeout
+        while self.port is None:
+            for entry in self.logged():
+                if entry.get("event") == SERVING:
+                    self.port = int(entry["port"])
+            if self.port is not None:
+                break
+            if not self.running or time.monotonic() > give_up:
+                tail = self.log_text()[-2000:]
+                raise AssertionError(f"{self.name} never served /metrics: {tail}")
+            await asyncio.sleep(0.1)
+        return self.port
+
+    async def scrape(self) -> Scrape:
+        """Its /metrics now."""
+        port = await self.http_port()
+        async with httpx.AsyncClient(timeout=10) as client:
+            response = await client.get(f"http://127.0.0.1:{port}/metrics")
+        response.raise_for_status()
+        return Scrape.parse(response.text)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Scrape:
+    """One read of a processor's /metrics: (sample name, labels, value) each."""
+
+    samples: tuple[tuple[str, Mapping[str, str], float], ...]
+
+    @classmethod
+    def parse(cls, text: str) -> Scrape:
+        return cls(
+            tuple(
+                (sample.name, dict(sample.labels), float(sample.value))
+                for family in text_string_to_metric_families(text)
+                for sample in family.samples
+            )
+        )
+
+    def value(self, name: str, **labels: str) -> float:
+        """The sum of ``name``'s samples carrying ``labels`` (0 when there are none)."""
+        return sum(
+            value
+            for sample, have, value in self.samples
+            if sample == name and all(have.get(k) == v for k, v in labels.items())
+        )
+
+
+def breaker_opened(scrape: Scrape, backend: str) -> int:
+    """How many times ``backend``'s circuit breaker opened (a failed probe opens it again)."""
+    return int(scrape.value("voxline_breaker_transitions_total", backend=backend, to="open"))
 
 
 @dataclasses.dataclass
@@ -297,6 +385,11 @@ class Completions:
             await self.refresh()
         return True
 
+    def published_since(self, moment: float) -> int:
+        """Events stamped at or after ``moment`` (wall clock): the work of processes started
+        since."""
+        return sum(e.timestamp_ms >= moment * 1000 for e in self.events)
+
     def resumed_after(self, moment: float) -> float | None:
         """Seconds from ``moment`` (wall clock) to the first event published after it."""
         after = [e.timestamp_ms for e in self.events if e.timestamp_ms >= moment * 1000]
@@ -326,10 +419,17 @@ def valid_requests(prefix: str, n: int) -> list[tuple[bytes, bytes]]:
     return [valid_request(f"{prefix}-{i:05d}", i) for i in range(n)]
 
 
+#: Kafka headers as a producer writes them (a value may be null).
+HeaderList = Sequence[tuple[str, bytes | None]]
+
+
 async def produce(
-    settings: Settings, records: Sequence[tuple[bytes | None, bytes | None]]
+    settings: Settings,
+    records: Sequence[tuple[bytes | None, bytes | None]],
+    *,
+    headers: Sequence[HeaderList] | None = None,
 ) -> list[tuple[int, int]]:
-    """Send in order; returns each record's (partition, offset)."""
+    """Send in order (``headers``: each record's); returns each record's (partition, offset)."""
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.kafka.bootstrap_servers,
         enable_idempotence=True,
@@ -337,15 +437,26 @@ async def produce(
         linger_ms=5,
         max_request_size=2 * 2**20,
     )
+    each = [list(h) for h in headers] if headers is not None else [[] for _ in records]
     await producer.start()
     try:
         futures = [
-            await producer.send(settings.kafka.request_topic, key=k, value=v) for k, v in records
+            await producer.send(settings.kafka.request_topic, key=k, value=v, headers=h)
+            for (k, v), h in zip(records, each, strict=True)
         ]
         metas = [await f for f in futures]
     finally:
         await producer.stop()
     return [(int(m.partition), int(m.offset)) for m in metas]
+
+
+#: A condition a scenario waits for: plain, or one that has to ask (a processor's /metrics).
+Condition = Callable[[], bool | Awaitable[bool]]
+
+
+async def holds(condition: Condition) -> bool:
+    answer = condition()
+    return await answer if inspect.isawaitable(answer) else bool(answer)
 
 
 class Feeder:
@@ -358,19 +469,23 @@ class Feeder:
         self.backlog = backlog
         self.tail = tail
         self.ids: set[str] = set()
+        #: Where each request landed: (partition, offset).
+        self.where: dict[str, tuple[int, int]] = {}
 
     async def send(self, count: int) -> None:
         start = len(self.ids)
         batch = [valid_request(f"{self.run.name}-{i:05d}", i) for i in range(start, start + count)]
-        await produce(self.run.settings, batch)
-        self.ids.update(k.decode() for k, _ in batch)
+        placed = await produce(self.run.settings, batch)
+        for (key, _), at in zip(batch, placed, strict=True):
+            self.ids.add(key.decode())
+            self.where[key.decode()] = at
 
-    async def step(self, done: Callable[[], bool], *, what: str, timeout: float = 120) -> float:
+    async def step(self, done: Condition, *, what: str, timeout: float = 120) -> float:
         """Keep the backlog topped up until ``done()``; returns when (wall clock)."""
         give_up = time.monotonic() + timeout
         while True:
             await self.run.completions.refresh()
-            if done():
+            if await holds(done):
                 return time.time()
             if time.monotonic() > give_up:
                 raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
@@ -526,6 +641,79 @@ async def infra(services: Services, script: str, command: str, *, timeout: float
     return text
 
 
+# -- the group's commits ------------------------------------------------------------------------
+
+
+class GroupCommits:
+    """What the drill's consumer group has committed on the request topic, with the commit
+    metadata: what the next owner of each partition inherits. Reads only (it never joins).
+
+    Asks the group coordinator itself: aiokafka's own ``committed`` ignores OffsetFetch's
+    top-level error, so while a restarted broker is still loading the group it reads "nothing
+    committed" (a group member only asks after joining, by which time the group is loaded)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.topic = settings.kafka.request_topic
+        self.group = settings.kafka.group_id
+        self._client = AIOKafkaClient(bootstrap_servers=settings.kafka.bootstrap_servers)
+
+    async def __aenter__(self) -> GroupCommits:
+        await self._client.bootstrap()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._client.close()
+
+    async def read(self, timeout: float = 60) -> dict[int, Committed | None]:
+        """Per partition: offset and metadata, or None where nothing was committed (asked
+        again while the coordinator is not ready, for instance just after a restart)."""
+        give_up = time.monotonic() + timeout
+        while True:
+            try:
+                return await self._read()
+            except KafkaError as exc:
+                if not exc.retriable or time.monotonic() > give_up:
+                    raise
+                await asyncio.sleep(0.5)
+
+    async def _read(self) -> dict[int, Committed | None]:
+        node = await self._client.coordinator_lookup(CoordinationType.GROUP, self.group)
+        request = OffsetFetchRequest(self.group, [(self.topic, list(range(PARTITIONS)))])
+        response: Any = await self._client.send(node, request, group=ConnectionGroup.COORDINATION)
+        top = getattr(response, "error_code", 0)
+        if top:
+            raise for_code(top)()
+        out: dict[int, Committed | None] = dict.fromkeys(range(PARTITIONS))
+        for _, parts in response.topics:
+            for partition, offset, metadata, error in parts:
+                if error:
+                    raise for_code(error)()
+                if offset >= 0:
+                    out[partition] = Committed(offset, metadata or "")
+        return out
+
+
+async def stalled(settings: Settings) -> dict[int, tuple[int | None, int]]:
+    """Partitions of the request topic whose committed offset is short of their end (a record
+    that never finished holds its partition back): partition -> (committed, end)."""
+    async with GroupCommits(settings) as commits:
+        committed = await commits.read()
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka.bootstrap_servers, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        ends = await end_offsets(consumer, settings.kafka.request_topic)
+    finally:
+        await consumer.stop()
+    out = {}
+    for tp, end in ends.items():
+        at = committed.get(tp.partition)
+        if (at.offset if at else 0) < end:
+            out[tp.partition] = (at.offset if at else None, end)
+    return out
+
+
 # -- one drill: topics, the fake, the fleet, the accounting -------------------------------------
 
 
@@ -545,6 +733,7 @@ class Drill:
         """Wait (bounded) for every outcome, stop the fleet, then reconcile everything."""
         complete = await self.completions.wait_all(ids, timeout=timeout)
         codes = await self.fleet.stop_all()
+        behind = await stalled(self.settings)
         report = await reconcile(self.settings.kafka, self.settings.store, verify_content=True)
         self.figures.update(
             scenario=self.name,
@@ -552,9 +741,11 @@ class Drill:
             requests=report.requests,
             succeeded=report.succeeded,
             dead_lettered=report.failed,
+            dead_lettered_by_reason=dict(report.failed_reasons),
             dead_letter_records=report.dead_letter_records,
             lost=report.lost,
             duplicates=report.duplicates,
+            duplicates_allowed=self.figures.get("duplicates_allowed", 0),
             conflicts=report.conflicts,
             missing_objects=report.missing_objects,
             bad_objects=report.bad_objects,
@@ -563,6 +754,7 @@ class Drill:
             longest_pause_s=round(self.completions.longest_gap(), 2),
             wall_s=round(time.time() - self.began, 1),
             all_outcomes_seen=complete,
+            stalled_partitions={str(p): list(at) for p, at in behind.items()},
             exit_codes=codes,
             errors_logged=self.fleet.errors_logged(),
         )
@@ -576,19 +768,22 @@ async def drill(
     name: str,
     *,
     fake_args: Sequence[str] = FAKE_ARGS,
+    family: str = "openai",
     config: str | None = None,
     **env: str | None,
 ) -> AsyncIterator[Drill]:
-    """Fresh topics, group and prefix; the fake backend; an empty fleet. ``config``: a TOML
+    """Fresh topics, group and prefix; the fake backend (``family``: its module under
+    tests/fakes/ and the processor's VOXLINE_BACKEND); an empty fleet. ``config``: a TOML
     backends file (``{url}`` is replaced by the fake's URL) passed as VOXLINE_CONFIG."""
     settings = unique_settings(services, f"fault-{name}-{uuid.uuid4().hex[:4]}")
     k = settings.kafka
     await ensure_topics(k, [k.request_topic, k.completion_topic, k.dlq_topic], PARTITIONS)
-    fake = await FakeBackend.start(tmp / "fake.log", *fake_args)
+    fake = await FakeBackend.start(tmp / "fake.log", *fake_args, family=family)
     if config is not None:
         path = tmp / "backends.toml"
         path.write_text(config.replace("{url}", fake.url), encoding="utf-8")
         env["VOXLINE_CONFIG"] = str(path)
+    env.setdefault("VOXLINE_BACKEND", family)
     fleet = Fleet(settings, processor_env(settings, fake.url, **env), tmp)
     completions = Completions(settings)
     await completions.open()
@@ -627,3 +822,123 @@ def summary(values: Sequence[float]) -> dict[str, float]:
         "median": round(statistics.median(values), 2),
         "max": round(max(values), 2),
     }
+
+
+# -- what every scenario shares ------------------------------------------------------------------
+
+
+async def send(run: Drill, n: int) -> set[str]:
+    """``n`` valid requests of the drill, at once; returns their ids."""
+    records = valid_requests(run.name, n)
+    await produce(run.settings, records)
+    return {k.decode() for k, _ in records}
+
+
+def report_and_check(
+    run: Drill, report: Report, capsys: pytest.CaptureFixture[str], **extra: Any
+) -> None:
+    """Record and print the figures, then assert the delivery promise held."""
+    run.figures.update(extra)
+    line = record_figures(run.figures)
+    with capsys.disabled():
+        print(f"\n[fault figures] {line}")
+    problems = {k: v for k, v in report.to_json().items() if k.endswith("_ids") and v}
+    detail = f"{run.figures}\nproblem ids (first 10 each): " + str(
+        {k: v[:10] for k, v in problems.items() if k not in ("failed_ids", "duplicate_ids")}
+    )
+    assert report.lost == 0, detail
+    assert report.conflicts == 0, detail
+    assert report.missing_objects == 0, detail
+    assert report.bad_objects == 0, detail
+    assert report.missing_dead_letters == 0, detail
+    assert report.bad_dead_letters == 0, detail
+    assert report.orphans == 0, detail
+    assert report.unreadable_events == 0, detail
+    assert not run.figures["stalled_partitions"], f"partitions left behind; {detail}"
+    assert report.ok
+
+
+def seconds(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
+
+
+def reached(run: Drill, count: int) -> Callable[[], bool]:
+    """Whether ``count`` requests have an outcome."""
+    return lambda: len(run.completions.first) >= count
+
+
+def worked(run: Drill, member: Processor, count: int) -> Callable[[], bool]:
+    """Whether ``count`` events were published since ``member`` started."""
+    return lambda: run.completions.published_since(member.started) >= count
+
+
+def logged(member: Processor, text: str) -> Callable[[], bool]:
+    return lambda: text in member.log_text()
+
+
+# -- crashes: what each one cost ------------------------------------------------------------------
+
+
+async def crashed(
+    run: Drill, member: Processor, number: int, commits: GroupCommits, in_flight: int | None
+) -> Crash:
+    """``member`` has just ended without handing over: what it leaves the next process (read
+    before one starts)."""
+    assert not member.running, f"{member.name} is still running"
+    died_ms = int(time.time() * 1000)
+    read = await commits.read()
+    return Crash(
+        number,
+        died_ms,
+        died_ms - int(member.started * 1000),
+        in_flight,
+        {p: PartitionCommit.of(c) for p, c in read.items()},
+        acknowledged(member.logged(), run.settings.kafka.request_topic),
+    )
+
+
+def record_window(member: Processor) -> int:
+    """The record window a processor logged at start-up (the most it ever holds)."""
+    for entry in member.logged():
+        if entry.get("event") == "processor starting":
+            return int(entry["record_window"])
+    raise AssertionError(f"{member.name} logged no start-up line")
+
+
+async def crash_costs(
+    run: Drill, crashes: Sequence[Crash], where: Mapping[str, tuple[int, int]]
+) -> tuple[list[CrashCost], list[str]]:
+    """Each crash's figures (once the run is over and every event is in), and the duplicates
+    no crash explains."""
+    await run.completions.refresh()
+    stamps = event_stamps((e.request_id, e.timestamp_ms) for e in run.completions.events)
+    return costs(crashes, int(run.began * 1000), stamps, where)
+
+
+def check_crash_costs(figures: Sequence[CrashCost], uncharged: Sequence[str], window: int) -> None:
+    """Every duplicate is a record the crash stranded: in flight (at most the record window)
+    or finished after the last commit that landed; the commit was a snapshot."""
+    for c in figures:
+        detail = f"crash {c.number}: {c.to_json()}"
+        assert not c.unexplained, f"records the commit covered were redone; {detail}"
+        assert not c.out_of_order, f"a commit that is not a snapshot; {detail}"
+        assert c.unacknowledged <= window, detail
+        assert c.duplicates <= c.allowed, detail
+    assert not uncharged, f"duplicates no crash explains: {sorted(set(uncharged))[:10]}"
+
+
+def crash_table(figures: Sequence[CrashCost]) -> str:
+    """Per crash: in flight (gauge), stranded (unacknowledged + finished after the last
+    commit), duplicates, and what a bare offset would have left to redo."""
+    head = (
+        f"{'crash':>5} {'lived_ms':>8} {'in_flight':>9} {'unacked':>7} {'after_commit':>12} "
+        f"{'(ms)':>6} {'allowed':>7} {'duplicates':>10} {'bare_offset':>11}"
+    )
+    rows = [
+        f"{c.number:>5} {c.lived_ms:>8} {c.in_flight if c.in_flight is not None else '-':>9} "
+        f"{c.unacknowledged:>7} {c.finished_after_commit:>12} "
+        f"{c.finished_after_commit_ms if c.finished_after_commit_ms is not None else '-':>6} "
+        f"{c.allowed:>7} {c.duplicates:>10} {c.without_metadata:>11}"
+        for c in figures
+    ]
+    return "\n".join([head, *rows])

@@ -12,63 +12,32 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import random
+import signal
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from processor.ops.client import read_dead_letters
-from processor.ops.reconcile import Report, reconcile
+from processor.ops.reconcile import reconcile
 from tests.faults import support
-from tests.faults.support import Drill, drill, infra, produce, valid_requests
+from tests.faults.kills import Crash
+from tests.faults.support import (
+    drill,
+    infra,
+    logged,
+    produce,
+    reached,
+    report_and_check,
+    seconds,
+    send,
+    valid_requests,
+)
 from tests.integration.services import Services
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 OUTAGE_S = 30.0
-
-
-async def send(run: Drill, n: int) -> set[str]:
-    records = valid_requests(run.name, n)
-    await produce(run.settings, records)
-    return {k.decode() for k, _ in records}
-
-
-def report_and_check(
-    run: Drill, report: Report, capsys: pytest.CaptureFixture[str], **extra: Any
-) -> None:
-    """Record and print the figures, then assert the delivery promise held."""
-    run.figures.update(extra)
-    line = support.record_figures(run.figures)
-    with capsys.disabled():
-        print(f"\n[fault figures] {line}")
-    problems = {k: v for k, v in report.to_json().items() if k.endswith("_ids") and v}
-    detail = f"{run.figures}\nproblem ids (first 10 each): " + str(
-        {k: v[:10] for k, v in problems.items() if k not in ("failed_ids", "duplicate_ids")}
-    )
-    assert report.lost == 0, detail
-    assert report.conflicts == 0, detail
-    assert report.missing_objects == 0, detail
-    assert report.bad_objects == 0, detail
-    assert report.missing_dead_letters == 0, detail
-    assert report.bad_dead_letters == 0, detail
-    assert report.orphans == 0, detail
-    assert report.unreadable_events == 0, detail
-    assert report.ok
-
-
-def seconds(value: float | None) -> float | None:
-    return None if value is None else round(value, 2)
-
-
-def reached(run: Drill, count: int) -> Callable[[], bool]:
-    return lambda: len(run.completions.first) >= count
-
-
-def logged(member: support.Processor, text: str) -> Callable[[], bool]:
-    return lambda: text in member.log_text()
 
 
 # -- (a) kill -9 -------------------------------------------------------------------------------
@@ -78,43 +47,61 @@ def logged(member: support.Processor, text: str) -> Callable[[], bool]:
 async def test_kill_9_at_random_moments_loses_nothing(
     services: Services, tmp_path: Path, capsys: pytest.CaptureFixture[str], membership: str
 ) -> None:
-    """11 SIGKILLs at seeded random moments of a 1,000-request run, restarting at once: with
-    dynamic membership (the restarted process waits out the dead member's session) and with
-    static membership (VOXLINE_GROUP_INSTANCE_ID: the restarted process takes its place)."""
+    """11 SIGKILLs at seeded random moments, restarting at once: with dynamic membership (the
+    restarted process waits out the dead member's session) and with static membership
+    (VOXLINE_GROUP_INSTANCE_ID: the restarted process takes its place). Requests are fed so
+    that a backlog is always waiting, however fast the machine (the run cannot end before the
+    kills do). Each kill may cost duplicates only for the records it stranded (see kills.py):
+    in flight, or finished after the last commit that landed."""
     rng = random.Random(20261121)
-    kills, n = 11, 1000
+    kills = 11
     instance = f"kill9-{time.time_ns()}" if membership == "static" else None
-    async with drill(
-        services, tmp_path, f"kill9-{membership}", VOXLINE_GROUP_INSTANCE_ID=instance
-    ) as run:
-        ids = await send(run, n)
-        member = await run.fleet.start()
-        restarts: list[float] = []
-        for _ in range(kills):
-            # A random amount of progress since the last restart, then a random instant.
-            done = len(run.completions.first)
-            await run.completions.wait_count(done + rng.randint(20, 60), timeout=120)
+    async with (
+        drill(
+            services,
+            tmp_path,
+            f"kill9-{membership}",
+            VOXLINE_GROUP_INSTANCE_ID=instance,
+            VOXLINE_HTTP_PORT="0",
+        ) as run,
+        support.GroupCommits(run.settings) as commits,
+    ):
+        feeder = support.Feeder(run, backlog=150, tail=100)
+        member = first = await run.fleet.start()
+        crashes: list[Crash] = []
+        for number in range(1, kills + 1):
+            # A random amount of work by this process, then a random instant.
+            work = support.worked(run, member, rng.randint(20, 60))
+            await feeder.step(work, what=f"progress before kill {number}")
             await asyncio.sleep(rng.uniform(0.0, 0.5))
-            assert len(run.completions.first) < n, "the run ended before every kill was made"
+            in_flight = (await member.scrape()).value("voxline_records_in_flight")
             await run.fleet.kill(member)
-            restarts.append(time.time())
+            crashes.append(await support.crashed(run, member, number, commits, int(in_flight)))
             member = await run.fleet.start()
+        window = support.record_window(first)
+        ids = await feeder.finish()
         report = await run.account(ids)
-        resumes = [run.completions.resumed_after(t) for t in restarts]
+        resumes = [run.completions.resumed_after(c.died_ms / 1000) for c in crashes]
         known = [r for r in resumes if r is not None]
+        per_kill, uncharged = await support.crash_costs(run, crashes, feeder.where)
         report_and_check(
             run,
             report,
             capsys,
             kills=kills,
             membership=membership,
+            duplicates_allowed=sum(c.allowed for c in per_kill),
             recovery_s=seconds(max(known, default=None)),
             resume_after_kill_s=support.summary(known),
-            drain_s=seconds(run.completions.drained_after(restarts[-1], ids)),
+            drain_s=seconds(run.completions.drained_after(crashes[-1].died_ms / 1000, ids)),
+            per_kill=[c.to_json() for c in per_kill],
         )
-        assert len(known) == kills
-        # Redone work is bounded by what a kill can strand: in flight plus done-uncommitted.
-        assert report.duplicates < n // 2
+        with capsys.disabled():
+            print(support.crash_table(per_kill))
+        assert len(known) == kills, "a kill was not followed by progress"
+        assert report.failed == report.dead_letter_records == 0
+        support.check_crash_costs(per_kill, uncharged, window)
+        assert report.duplicates == sum(c.duplicates for c in per_kill)
 
 
 # -- (b) instances joining and leaving ---------------------------------------------------------
@@ -240,6 +227,83 @@ async def test_broker_restart_mid_run_loses_nothing(
             recovery_s=seconds(run.completions.resumed_after(ended)),
             drain_s=seconds(run.completions.drained_after(ended, ids)),
         )
+
+
+# -- (e2) SIGTERM while the broker is down ----------------------------------------------------
+
+#: Seconds a processor may take to exit past its drain timeout: the signal's delivery and the
+#: interpreter's own exit (closing clients is part of the drain budget).
+EXIT_MARGIN_S = 2.0
+
+
+class ExitTooSlow(AssertionError):
+    """The processor outstayed its drain timeout."""
+
+
+@pytest.mark.xfail(
+    raises=ExitTooSlow,
+    strict=False,
+    reason="processor bug: after the drain and the final commit, App closes the producer "
+    "(and each backend) with 5 s each of its own (app.CLOSE_TIMEOUT_S), outside the drain "
+    "budget; with the broker down the producer's close takes all 5 s (exit ~13 s for 10 s)",
+)
+async def test_sigterm_during_a_broker_outage_exits_within_the_drain_timeout(
+    services: Services, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SIGTERM while the broker is down, work in flight: the processor exits within
+    VOXLINE_DRAIN_TIMEOUT (plus a margin for the interpreter to exit), having committed what it
+    could. Once the broker is back a new processor redoes the rest; nothing is lost, and the
+    only duplicates are records the shutdown stranded (see kills.py)."""
+    drain = 10
+    await infra(services, "kafka.sh", "status")
+    slower = ("--latency-ms", "150", "--jitter-ms", "50", "--ms-per-char", "5")
+    async with drill(
+        services,
+        tmp_path,
+        "term-outage",
+        fake_args=slower,
+        VOXLINE_DRAIN_TIMEOUT=str(drain),
+        VOXLINE_HTTP_PORT="0",
+    ) as run:
+        feeder = support.Feeder(run, backlog=60, tail=20)
+        first = await run.fleet.start()
+        await feeder.step(reached(run, 20), what="the first outcomes")
+        in_flight = int((await first.scrape()).value("voxline_records_in_flight"))
+        await run.completions.close()  # our own reader, not the processor's
+        try:
+            await infra(services, "kafka.sh", "stop")
+            began = time.time()
+            signalled = time.monotonic()
+            first.proc.send_signal(signal.SIGTERM)
+            code = await asyncio.wait_for(first.proc.wait(), timeout=drain + 120)
+            exit_s = time.monotonic() - signalled
+        finally:
+            await infra(services, "kafka.sh", "start")
+        ended = time.time()
+        await run.completions.open()
+        async with support.GroupCommits(run.settings) as commits:
+            crash = await support.crashed(run, first, 1, commits, in_flight)
+        await run.fleet.start()
+        ids = await feeder.finish()
+        report = await run.account(ids, timeout=240)
+        (shutdown,), uncharged = await support.crash_costs(run, [crash], feeder.where)
+        report_and_check(
+            run,
+            report,
+            capsys,
+            drain_timeout_s=drain,
+            exit_s=round(exit_s, 1),
+            exit_code=code,
+            outage_s=round(ended - began, 1),
+            duplicates_allowed=shutdown.allowed,
+            shutdown=shutdown.to_json(),
+            recovery_s=seconds(run.completions.resumed_after(ended)),
+            drain_s=seconds(run.completions.drained_after(ended, ids)),
+        )
+        assert report.failed == report.dead_letter_records == 0
+        support.check_crash_costs([shutdown], uncharged, support.record_window(first))
+        if exit_s > drain + EXIT_MARGIN_S:
+            raise ExitTooSlow(f"exit took {exit_s:.1f} s for a {drain} s drain timeout")
 
 
 # -- (f) a flaky backend -----------------------------------------------------------------------
