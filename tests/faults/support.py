@@ -880,12 +880,18 @@ def logged(member: Processor, text: str) -> Callable[[], bool]:
 
 
 async def crashed(
-    run: Drill, member: Processor, number: int, commits: GroupCommits, in_flight: int | None
+    run: Drill,
+    member: Processor,
+    number: int,
+    commits: GroupCommits,
+    in_flight: int | None,
+    *,
+    died: float | None = None,
 ) -> Crash:
-    """``member`` has just ended without handing over: what it leaves the next process (read
-    before one starts)."""
+    """``member`` has ended without handing over (``died``: when it was seen gone, wall clock;
+    default now): what it leaves the next process (read before one starts)."""
     assert not member.running, f"{member.name} is still running"
-    died_ms = int(time.time() * 1000)
+    died_ms = int((time.time() if died is None else died) * 1000)
     read = await commits.read()
     return Crash(
         number,

@@ -277,12 +277,13 @@ async def test_sigterm_during_a_broker_outage_exits_within_the_drain_timeout(
             first.proc.send_signal(signal.SIGTERM)
             code = await asyncio.wait_for(first.proc.wait(), timeout=drain + 120)
             exit_s = time.monotonic() - signalled
+            exited = time.time()
         finally:
             await infra(services, "kafka.sh", "start")
         ended = time.time()
         await run.completions.open()
         async with support.GroupCommits(run.settings) as commits:
-            crash = await support.crashed(run, first, 1, commits, in_flight)
+            crash = await support.crashed(run, first, 1, commits, in_flight, died=exited)
         await run.fleet.start()
         ids = await feeder.finish()
         report = await run.account(ids, timeout=240)
