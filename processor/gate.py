@@ -66,9 +66,9 @@ def is_outage(error: BaseException | None) -> bool:
 class CrashWatch:
     """Recognises a crash-type overload (pure): errors or timeouts in a row, with no answer
     between, of at least ``calls`` and ``share`` of the calls that were on the server, then of a
-    call sent after them (refused: the server is restarting). A server that fails only its
-    excess, or answers 429/503, answers between its failures; one that was down before the
-    calls were sent took none of them down."""
+    call sent after them that got no answer at all (refused: the server is restarting). A
+    server that fails only its excess, answers 429/503 or answers the next call with a 5xx is
+    up; one that was down before the calls were sent took none of them down."""
 
     __slots__ = ("_calls", "_first_at", "_level", "_reported", "_share", "_victims")
 
@@ -78,12 +78,12 @@ class CrashWatch:
         self._first_at = math.inf  # when the run's first failure came back
         self._reported = False
 
-    def see(self, sample: Sample) -> Sample:
-        """``sample``, or once per crash the same call as outcome ``crash`` with ``in_flight``
-        the most calls in flight when a call the crash took down started: where it crashed."""
+    def see(self, sample: Sample, answered: bool = False) -> Sample:
+        """``sample`` (``answered``: a failure with an HTTP status), or once per crash the same
+        call as outcome ``crash`` with ``in_flight`` the most calls in flight when a call the
+        crash took down started: where it crashed."""
         if sample.outcome in ("ok", "overload"):  # an answer: the server is up
-            self._victims = self._level = 0
-            self._first_at, self._reported = math.inf, False
+            self._up()
             return sample
         if sample.outcome not in FAILURES:
             return sample
@@ -92,11 +92,18 @@ class CrashWatch:
             self._victims += 1
             self._level = max(self._level, sample.in_flight)
             return sample
+        if answered:  # sent after the fall, and answered: it is up
+            self._up()
+            return sample
         fell = self._victims >= max(self._calls, self._share * self._level)
         if self._reported or not fell:  # or this one, sent after, did not fail
             return sample
         self._reported = True
         return dataclasses.replace(sample, outcome="crash", in_flight=self._level)
+
+    def _up(self) -> None:
+        self._victims = self._level = 0
+        self._first_at, self._reported = math.inf, False
 
 
 @dataclasses.dataclass(slots=True)
@@ -181,7 +188,8 @@ class Gate:
         outcome = outcome_of(error)
         sample = Sample(max(0.0, now - started), max(1.0, work), outcome, max(1, in_flight), now)
         if outcome != "error" or is_outage(error):  # a bug of ours says nothing of the server
-            sample = self.crashes.see(sample)
+            answered = isinstance(error, VoxlineError) and error.http_status is not None
+            sample = self.crashes.see(sample, answered)
         self.window.update(sample)
         if self.breaker is None:
             return

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from typing import Any
 
 import pytest
 
@@ -165,16 +166,19 @@ def test_a_crash_is_every_call_on_the_server_failing_together_then_a_refusal() -
     [
         ("only the excess fails", [(0.0, 1.0, 9, "error"), (0.1, 1.1, 8, "ok")] * 4),
         ("busy, answering 503", [(0.0, 1.0, 9, "overload")] * 8 + [(1.5, 1.6, 1, "overload")]),
+        ("the next call answered", [(0.0, 5.0, 4, "error")] * 4 + [(5.5, 5.6, 1, "error", True)]),
         ("down before the calls", [(float(k), k + 0.001, 1, "error") for k in range(8)]),
         ("half the calls failed", [(0.0, 5.0, 8, "error")] * 3 + [(5.5, 5.6, 1, "error")]),
         ("two calls on the server", [(0.0, 5.0, 2, "error")] * 2 + [(5.5, 5.6, 1, "error")] * 3),
     ],
 )
 def test_no_crash_while_the_server_answers_or_took_no_call_down(
-    name: str, trace: list[tuple[float, float, int, Outcome]]
+    name: str, trace: list[tuple[Any, ...]]
 ) -> None:
     watch = CrashWatch()
-    assert all(watch.see(failed(*call)).outcome != "crash" for call in trace), name
+    for started, now, in_flight, outcome, *answered in trace:
+        sample = watch.see(failed(started, now, in_flight, outcome), *answered)
+        assert sample.outcome != "crash", name
 
 
 async def test_a_crash_opens_the_breaker_at_once_and_reaches_the_window() -> None:
