@@ -33,8 +33,10 @@ from processor.settings import Settings
 from processor.store import S3Store
 
 log = structlog.get_logger("voxline")
-#: Seconds each client gets to close on the way out.
+#: Seconds each client gets to close on the way out (less when the drain timeout is nearly
+#: spent, but at least ``CLOSE_MIN_S``).
 CLOSE_TIMEOUT_S = 5.0
+CLOSE_MIN_S = 0.25
 
 #: Probes at most 5 s apart: an outage's end is noticed within seconds, at the price of one
 #: call per 5 s to a backend that is still down.
@@ -110,11 +112,14 @@ class App:
         self._stop = asyncio.Event()
         self.runner: Runner | None = None
         self.pipeline: Pipeline | None = None
+        self._stopped_at: float | None = None
         self.counts: dict[str, int] = {}
 
     def stop(self) -> None:
         """Stop fetching, drain in-flight work, commit and return from ``run`` (signal-safe)."""
         self.health.set_draining()
+        if self._stopped_at is None:
+            self._stopped_at = time.monotonic()
         self._stop.set()
         if self.runner is not None:
             self.runner.stop()
@@ -181,9 +186,17 @@ class App:
             # that is down must not keep a stopping processor from exiting.
             for close in (sink.stop, *(b.aclose for b in built.values())):
                 try:
-                    await asyncio.wait_for(close(), CLOSE_TIMEOUT_S)
+                    await asyncio.wait_for(close(), self._close_budget())
                 except Exception as exc:
                     log.warning("closing failed", what=repr(close), error=repr(exc))
+
+    def _close_budget(self) -> float:
+        """Seconds a client may take to close: what is left of the drain timeout once a stop
+        was asked for (the whole shutdown fits in it), at least a moment, at most 5 s."""
+        if self._stopped_at is None:
+            return CLOSE_TIMEOUT_S
+        left = self._stopped_at + self.settings.drain_timeout_s - time.monotonic()
+        return max(CLOSE_MIN_S, min(CLOSE_TIMEOUT_S, left))
 
     @contextlib.asynccontextmanager
     async def _http(self) -> AsyncIterator[None]:

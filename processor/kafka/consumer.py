@@ -181,6 +181,11 @@ class KafkaConsumer:
         high = self.client.highwater(tp)
         return None if high is None else int(high)
 
+    def start_at(self, tp: TopicPartition, offset: int) -> None:
+        """Read ``tp`` from ``offset`` (an assigned partition, outside any group)."""
+        self.client.seek(tp, offset)
+        self._next[tp] = offset
+
     def forget(self, tp: TopicPartition) -> None:
         self._next.pop(tp, None)
 

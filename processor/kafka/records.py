@@ -97,12 +97,20 @@ async def _seek(
 
 
 async def _read_until(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -> list[Record]:
+    """Up to ``ends``; through the consumer adapter, so a record aiokafka cannot decode (a
+    header name that is not UTF-8) is read leniently instead of ending the read."""
+    from processor.kafka.consumer import KafkaConsumer, Unreadable  # it builds on this module
+
+    lenient = KafkaConsumer(consumer)
+    for tp in ends:
+        lenient.start_at(tp, await consumer.position(tp))
     out: list[Record] = []
     todo = dict(ends)
     while todo:
-        batch = await consumer.getmany(*todo, timeout_ms=1000)
-        for tp, messages in batch.items():
-            out.extend(to_record(m) for m in messages if m.offset < todo.get(tp, 0))
+        batch = await lenient.getmany(timeout_ms=1000)
+        for tp, items in batch.items():
+            records = (i.record if isinstance(i, Unreadable) else i for i in items)
+            out.extend(r for r in records if r.offset < todo.get(tp, 0))
         for tp in list(todo):
             if await consumer.position(tp) >= todo[tp]:
                 del todo[tp]
