@@ -5,9 +5,16 @@
                   share the server, each at ``C/n`` of full speed (``ps``, processor sharing)
     latency_ms L  service time of one call alone, +- ``jitter_ms`` (uniform)
     per_char N    when set, service time is ``L * len(input) / N`` (so ``L`` at ``N`` characters)
-    knee K        with more than ``floor(K * C)`` calls in the server (queued or served), a new
-                  one fails after ``fail_ms``: HTTP 500 or a dropped connection, as a GPU server
-                  out of memory does. No 429, no Retry-After: the client must find C itself.
+    knee K        past ``floor(K * C)`` calls in the server (queued or served) it overloads,
+                  the way ``overload`` says. No 429, no Retry-After: the client must find C.
+    overload      ``fail``: a call past the knee fails after ``fail_ms`` (HTTP 500 or a dropped
+                  connection, as ``fail_mode`` says) and the rest are served;
+                  ``queue``: every call is kept, and past the knee the server thrashes (each call
+                  slows a further ``in_server / knee`` with ``ps``; a call arriving past it is
+                  slowed so with ``fifo``);
+                  ``crash``: the call past the knee brings the server down, out of GPU memory:
+                  every call in it fails (``fail_mode``), connections are refused and dropped for
+                  ``restart_s``, then it serves again, empty.
 
 The shared switches of :mod:`tests.fakes.common` work too (``fail_first_n`` fails as past the
 knee; ``down``, ``error_ratio``, ``timeout_ratio``: a held call keeps its place ``hang_ms``;
@@ -15,31 +22,36 @@ knee; ``down``, ``error_ratio``, ``timeout_ratio``: a held call keeps its place 
 
 The body is a small valid WAV (8 kHz mono, 80 ms) whatever the text, so neither the store nor
 the network is the bottleneck. ``GET /stats`` returns totals and a per-second series (epoch
-seconds: calls ok, calls failed, most calls in the server); ``POST /control`` takes a JSON object
-of switches to change at run time (``{"capacity": 6}``; ``{"reset": true}`` zeroes the counters).
+seconds: calls ok, calls failed, most calls in the server, crashes) and the crash times;
+``POST /control`` takes a JSON object of switches to change at run time (``{"capacity": 6}``;
+``{"reset": true}`` zeroes the counters and ends a restart).
 
-``python -m bench.fake_tts --port 0 --capacity 16 --latency-ms 250`` prints ``LISTENING <port>``
-once bound to 127.0.0.1 and stops on SIGTERM.
+``python -m bench.fake_tts --port 0 --capacity 16 --latency-ms 250`` prints ``LISTENING <port>
+<admin port>`` once bound to 127.0.0.1 and stops on SIGTERM. Both ports serve every route; only
+the first goes away while the server restarts, so the harness watches through the second.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
 import dataclasses
 import json
 import math
+import signal
+import socket
 import time
+import weakref
 from typing import Any, Literal, Protocol
 
 from aiohttp import web
 
+from bench.server_models import FifoServer, Server, SharedServer
 from tests.fakes import common
 
 RATE = 8000
 FailMode = Literal["500", "drop"]
 QueueMode = Literal["fifo", "ps"]
+Overload = Literal["fail", "queue", "crash"]
 OUT_OF_MEMORY = "CUDA out of memory"
 WAV = common.wav_bytes(common.tone(80, RATE, 400), RATE)
 
@@ -56,6 +68,9 @@ class Switches(common.Switches):
     #: How long a call past the knee lives before it fails; None: a fifth of ``latency_ms``.
     fail_ms: float | None = None
     queue: QueueMode = "fifo"
+    overload: Overload = "fail"
+    #: How long a crashed server refuses connections (process restart and model load).
+    restart_s: float = 5.0
 
     def __post_init__(self) -> None:
         if self.capacity < 1:
@@ -64,123 +79,24 @@ class Switches(common.Switches):
             raise ValueError("knee must be >= 1")
         if self.fail_mode not in ("500", "drop") or self.queue not in ("fifo", "ps"):
             raise ValueError("fail_mode is 500|drop, queue is fifo|ps")
+        if self.overload not in ("fail", "queue", "crash") or self.restart_s < 0:
+            raise ValueError("overload is fail|queue|crash, restart_s >= 0")
 
     @property
     def knee_calls(self) -> float:
         """Calls the server holds before a new one fails."""
         return math.floor(self.knee * self.capacity) if math.isfinite(self.knee) else math.inf
 
-    def service_ms(self, chars: int) -> float:
+    def service_ms(self, chars: int, in_server: int) -> float:
         base = self.latency_ms
         if self.per_char:
             base *= chars / self.per_char
+        if self.overload == "queue" and self.queue == "fifo":
+            base *= max(1.0, in_server / self.knee_calls)  # thrashing when it arrived
         return self.jittered_ms(base)
 
     def fail_s(self) -> float:
         return (self.latency_ms / 5 if self.fail_ms is None else self.fail_ms) / 1000
-
-
-class Server(Protocol):
-    capacity: int
-
-    async def serve(self, service_s: float) -> None: ...
-
-    def set_capacity(self, capacity: int) -> None: ...
-
-
-class FifoServer:
-    """``capacity`` calls in service; the rest wait in arrival order."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self.busy = 0
-        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
-
-    async def serve(self, service_s: float) -> None:
-        if self.busy < self.capacity and not self._waiters:
-            self.busy += 1
-        else:
-            slot = asyncio.get_running_loop().create_future()
-            self._waiters.append(slot)
-            try:
-                await slot
-            except asyncio.CancelledError:
-                if slot.done() and not slot.cancelled():
-                    self._release()  # handed a slot, then cancelled: give it on
-                raise
-        try:
-            if service_s > 0:
-                await asyncio.sleep(service_s)
-        finally:
-            self._release()
-
-    def set_capacity(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._wake()
-
-    def _release(self) -> None:
-        self.busy -= 1
-        self._wake()
-
-    def _wake(self) -> None:
-        while self._waiters and self.busy < self.capacity:
-            slot = self._waiters.popleft()
-            if not slot.done():
-                self.busy += 1
-                slot.set_result(None)
-
-
-class SharedServer:
-    """Processor sharing: with ``n`` calls in the server each runs at ``min(1, C/n)`` speed."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._jobs: dict[asyncio.Future[None], float] = {}
-        self._last = time.monotonic()
-        self._kick = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    async def serve(self, service_s: float) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._schedule())
-        self._advance()
-        done = asyncio.get_running_loop().create_future()
-        self._jobs[done] = service_s
-        self._kick.set()
-        try:
-            await done
-        finally:
-            self._advance()
-            self._jobs.pop(done, None)
-            self._kick.set()
-
-    def set_capacity(self, capacity: int) -> None:
-        self._advance()
-        self.capacity = capacity
-        self._kick.set()
-
-    def _rate(self) -> float:
-        return min(1.0, self.capacity / max(1, len(self._jobs)))
-
-    def _advance(self) -> None:
-        now = time.monotonic()
-        progress = (now - self._last) * self._rate()
-        self._last = now
-        for job in self._jobs:
-            self._jobs[job] -= progress
-
-    async def _schedule(self) -> None:
-        while True:
-            self._advance()
-            for job, left in list(self._jobs.items()):
-                if left <= 1e-6:
-                    del self._jobs[job]
-                    if not job.done():
-                        job.set_result(None)
-            self._kick.clear()
-            wait = min(self._jobs.values(), default=math.inf) / self._rate()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._kick.wait(), None if math.isinf(wait) else wait)
 
 
 @dataclasses.dataclass
@@ -188,6 +104,15 @@ class _Second:
     ok: int = 0
     failed: int = 0
     in_server_max: int = 0
+    crashes: int = 0
+
+
+class Listener(Protocol):
+    """The API port, closed while a crashed server restarts (connections are refused)."""
+
+    async def close(self) -> None: ...
+
+    async def open(self) -> None: ...
 
 
 class FakeTTS(common.FakeServer[Switches]):
@@ -196,13 +121,19 @@ class FakeTTS(common.FakeServer[Switches]):
     def __init__(self, switches: Switches | None = None) -> None:
         switches = switches or Switches()
         self.server = self._model(switches)
+        #: Set when the server crashes: every call in it fails.
+        self._fall: asyncio.Event = asyncio.Event()
+        self._restart: asyncio.Task[None] | None = None
+        self._connections: weakref.WeakSet[asyncio.BaseTransport] = weakref.WeakSet()
+        self.listener: Listener | None = None
         super().__init__(switches)
         self.api_route("/v1/audio/speech", self._speech)
 
     @staticmethod
     def _model(switches: Switches) -> Server:
         if switches.queue == "ps":
-            return SharedServer(switches.capacity)
+            thrash = switches.knee_calls if switches.overload == "queue" else math.inf
+            return SharedServer(switches.capacity, thrash)
         return FifoServer(switches.capacity)
 
     def reset(self) -> None:
@@ -211,12 +142,18 @@ class FakeTTS(common.FakeServer[Switches]):
         self.ok = 0
         self.failed = 0
         self.series: dict[int, _Second] = {}
+        self.crashes: list[float] = []
 
     def set(self, **changes: Any) -> None:
         if changes.get("queue", self.switches.queue) != self.switches.queue:
             raise ValueError("queue cannot change at run time")
+        if changes.get("reset") and self._restart is not None:
+            self._restart.cancel()  # a fresh run starts on a healthy server
+            changes["down"] = False
         super().set(**changes)
         self.server.set_capacity(self.switches.capacity)
+        if isinstance(self.server, SharedServer) and self.switches.overload == "queue":
+            self.server.thrash_past = self.switches.knee_calls
 
     def stats(self) -> dict[str, object]:
         return {
@@ -226,9 +163,9 @@ class FakeTTS(common.FakeServer[Switches]):
             "failed": self.failed,
             "in_server": self.in_flight,  # calls in the server: queued, served or about to fail
             "in_server_max": self.in_flight_max,
+            "crashes": self.crashes,
             "series": [
-                {"t": t, "ok": s.ok, "failed": s.failed, "in_server_max": s.in_server_max}
-                for t, s in sorted(self.series.items())
+                {"t": t, **dataclasses.asdict(second)} for t, second in sorted(self.series.items())
             ],
         }
 
@@ -251,19 +188,66 @@ class FakeTTS(common.FakeServer[Switches]):
             return _error(400, "this fake answers wav only")
         self.calls += 1
         switches = self.switches
+        if request.transport is not None:
+            self._connections.add(request.transport)
         with self.serving():
             second = self._second()
             second.in_server_max = max(second.in_server_max, self.in_flight)
-            if self.in_flight > switches.knee_calls or self.take_first_failure():
+            past_knee = self.in_flight > switches.knee_calls
+            if past_knee and switches.overload == "crash":
+                self._crash()
+                return self._fail(request, switches.fail_mode)
+            if (past_knee and switches.overload == "fail") or self.take_first_failure():
                 await asyncio.sleep(switches.fail_s())
                 return self._fail(request, switches.fail_mode)
             fault = self.draw()
             if fault.status is not None:
                 return self._fail(request, "500", fault.status, fault.message)
-            await self.server.serve(fault.wait_ms(switches.service_ms(len(text))) / 1000)
+            seconds = fault.wait_ms(switches.service_ms(len(text), self.in_flight)) / 1000
+            if switches.overload != "crash":
+                await self.server.serve(seconds)
+            elif not await self._survived(seconds):
+                return self._fail(request, switches.fail_mode)
         self.ok += 1
         self._second().ok += 1
         return await common.send(request, WAV, "audio/wav", switches)
+
+    async def _survived(self, seconds: float) -> bool:
+        """Serve a call; False if the server crashed under it."""
+        fall = self._fall
+        serving = asyncio.ensure_future(self.server.serve(seconds))
+        falling = asyncio.ensure_future(fall.wait())
+        try:
+            await asyncio.wait((serving, falling), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (serving, falling):
+                task.cancel()
+        return serving.done() and not serving.cancelled() and serving.exception() is None
+
+    def _crash(self) -> None:
+        """Out of memory: every call in the server fails, then the process restarts."""
+        self.crashes.append(time.time())
+        self._second().crashes += 1
+        self._fall.set()
+        self._fall = asyncio.Event()
+        self.switches = dataclasses.replace(self.switches, down=True)
+        self._restart = asyncio.create_task(self._restarting(self.switches.restart_s))
+
+    async def _restarting(self, seconds: float) -> None:
+        listener = self.listener
+        try:
+            await asyncio.sleep(0.05)  # the victims' answers go out; then the process is gone
+            for connection in list(self._connections):
+                connection.close()
+            if listener is not None:
+                await listener.close()
+            await asyncio.sleep(seconds)
+        finally:
+            self.server = self._model(self.switches)  # back, empty
+            self.switches = dataclasses.replace(self.switches, down=False)
+            self._restart = None
+            if listener is not None:
+                await listener.open()
 
     def _fail(
         self,
@@ -285,5 +269,48 @@ def _error(status: int, message: str) -> web.Response:
     return web.Response(text=json.dumps(body), status=status, content_type="application/json")
 
 
+class Port:
+    """One listening port of the app on 127.0.0.1 (0: a free one), that can close and reopen."""
+
+    def __init__(self, runner: web.AppRunner, port: int = 0) -> None:
+        self.runner, self.port = runner, port
+        self.site: web.SockSite | None = None
+
+    async def open(self) -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((common.HOST, self.port))
+        self.port = sock.getsockname()[1]
+        self.site = web.SockSite(self.runner, sock, backlog=1024)
+        await self.site.start()
+
+    async def close(self) -> None:
+        if self.site is not None:
+            await self.site.stop()  # refuses new connections; the open ones are closed apart
+            self.site = None
+
+
+async def _listen(switches: Switches, port: int) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    fake = FakeTTS(switches)
+    runner = web.AppRunner(
+        fake.app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0
+    )
+    await runner.setup()
+    api, admin = Port(runner, port), Port(runner)
+    fake.listener = api
+    try:
+        await api.open()
+        await admin.open()
+        print(f"LISTENING {api.port} {admin.port}", flush=True)
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
 if __name__ == "__main__":
-    common.main(FakeTTS, Switches, __doc__)
+    port, switches = common.command_line(Switches, None, __doc__)
+    asyncio.run(_listen(switches, port))

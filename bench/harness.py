@@ -173,7 +173,7 @@ class Fake:
     def __init__(self, args: Sequence[str], log_path: Path) -> None:
         self.args = list(args)
         self.log_path = log_path
-        self.url = ""
+        self.url = self.admin = ""
         self.process: asyncio.subprocess.Process | None = None
         self.http = httpx.AsyncClient(timeout=10)
 
@@ -194,7 +194,9 @@ class Fake:
         line = await asyncio.wait_for(self.process.stdout.readline(), timeout=30)
         if not line.startswith(b"LISTENING"):
             raise RuntimeError(f"fake backend did not start (see {self.log_path})")
-        self.url = f"http://127.0.0.1:{int(line.split()[1])}"
+        # The API port closes while a crashed fake restarts; the admin port stays.
+        api, admin = (f"http://127.0.0.1:{int(port)}" for port in line.split()[1:3])
+        self.url, self.admin = api, admin
         self.pid = self.process.pid
         return self
 
@@ -210,13 +212,13 @@ class Fake:
         self.log.close()
 
     async def control(self, **changes: Any) -> dict[str, Any]:
-        response = await self.http.post(f"{self.url}/control", json=changes)
+        response = await self.http.post(f"{self.admin}/control", json=changes)
         response.raise_for_status()
         result: dict[str, Any] = response.json()
         return result
 
     async def stats(self) -> dict[str, Any]:
-        response = await self.http.get(f"{self.url}/stats")
+        response = await self.http.get(f"{self.admin}/stats")
         response.raise_for_status()
         result: dict[str, Any] = response.json()
         return result

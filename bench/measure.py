@@ -5,7 +5,13 @@ seconds throughout, so the processor's, the broker's and the backend's clocks li
 from __future__ import annotations
 
 import bisect
+import dataclasses
+import math
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bench.harness import Completion
 
 Series = Sequence[tuple[float, float]]
 
@@ -82,3 +88,59 @@ def calls_between(
 
 def share(part: float, whole: float) -> float:
     return part / whole if whole else 0.0
+
+
+@dataclasses.dataclass
+class Result:
+    """What one processor run left behind."""
+
+    label: str
+    kind: str
+    window: int
+    produced: int
+    events: list[Completion]
+    cpu: list[tuple[float, float]]
+    limits: list[tuple[float, float]]
+    peak_rss_mb: float
+    backend: dict[str, Any]
+    started_at: float
+    first_seen: float | None
+    stopped_at: float
+    changes: list[tuple[float, dict[str, Any]]]
+    returncode: int | None
+    exited_at: float
+
+    @property
+    def ok(self) -> list[float]:
+        return [e.at for e in self.events if e.ok]
+
+    @property
+    def failed(self) -> int:
+        return sum(1 for e in self.events if not e.ok)
+
+    @property
+    def t0(self) -> float:
+        """The first completion (any outcome)."""
+        return self.events[0].at if self.events else math.nan
+
+    def ok_before_stop(self) -> list[float]:
+        return [t for t in self.ok if t <= self.stopped_at]
+
+    def summary(self) -> dict[str, Any]:
+        ok = self.ok_before_stop()
+        return {
+            "label": self.label,
+            "window": self.window,
+            "produced": self.produced,
+            "completed": len(self.events),
+            "succeeded": len(self.ok),
+            "failed": self.failed,
+            "throughput": throughput(ok),
+            "cpu_per_1000": cpu_per_1000(self.cpu, ok),
+            "peak_rss_mb": self.peak_rss_mb,
+            "backend_calls": self.backend.get("calls"),
+            "backend_failed": self.backend.get("failed"),
+            "returncode": self.returncode,
+            "startup_s": (self.first_seen or math.nan) - self.started_at,
+            "stop_s": self.exited_at - self.stopped_at,
+        }

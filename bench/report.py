@@ -72,6 +72,8 @@ class Timeline:
     in_server: Sequence[tuple[float, int]]  # (seconds, most calls in the backend)
     latency_s: float
     best_fixed: float | None
+    #: When the backend crashed (seconds).
+    crashes: Sequence[float] = ()
     peers: Mapping[str, Sequence[int]] = dataclasses.field(default_factory=dict)
 
 
@@ -106,6 +108,10 @@ def plot(timeline: Timeline, path: Path, title: str) -> None:
             alpha=0.5,
             label="failed backend calls/s (Voxline)",
         )
+    for axis in (top, bottom):
+        for i, at in enumerate(timeline.crashes):
+            label = "backend crash (restarting)" if i == 0 and axis is bottom else None
+            axis.axvline(at, color="C3", linewidth=2, alpha=0.8, label=label)
     top.set_ylabel("per second")
     top.legend(loc="lower left", fontsize=8)
     top.set_title(title)

@@ -4,21 +4,23 @@ the peers (``bench/peers/``): ``python -m bench.run [--smoke] [--scenarios ...] 
 Scenarios (every one with the same variable-length texts; the backend's service time grows with
 the text, so head-of-line blocking shows):
 
-    ideal     C=16, L=250 ms, window 16: throughput / (C/L)
+    ideal     C=16, L=250 ms, window 16: throughput / (C/L)            (bench/scenarios.py)
     overhead  L=0: records/s end to end and CPU seconds per 1,000 records
-    adaptive  C=12, fails past 1.5*C, knee hidden: fixed windows 4..32 vs the adaptive window
-              from 4 (ceiling 32); then C drops to 6 and comes back to 12
+    adaptive  C=12, knee hidden at 18, overloading three ways (fails the excess, queues and
+              thrashes, crashes and restarts): fixed windows vs the adaptive window from 4
+              (ceiling 32), while C drops to 6 and comes back to 12     (bench/shapes.py)
     backlog   100,000 requests waiting: peak RSS while draining
-    peers     runs the two peers in each scenario above too, with the same requests (their own
-              consumer group and completion topic), window and backend, and reports
-              Voxline/peer ratios
+    peers     runs the two peers in each scenario above too (against the first overload
+              shape in adaptive), with the same requests (their own consumer group and
+              completion topic), window and backend, and reports Voxline/peer ratios
 
 Each scenario gets its own request topic (8 partitions); each processor run its own group,
 completion topic, dead-letter topic and S3 prefix. Figures come from the completion topic's
 timestamps, /proc and ``psutil`` (CPU, VmHWM), Voxline's ``/metrics`` (window limit) and the
-fake backend's per-second counters. A full run writes ``bench/results/latest.md`` and
-``adaptive.png`` (``--profile`` always writes ``profile-overhead.txt`` there); ``--smoke`` and
-partial runs write them under ``bench/results/raw/<run>/``, with every run's logs and samples.
+fake backend's per-second counters and crash times. A full run writes
+``bench/results/latest.md`` and ``adaptive-<shape>.png`` (``--profile`` always writes
+``profile-overhead.txt`` there); ``--smoke`` and partial runs write them under
+``bench/results/raw/<run>/``, with every run's logs and samples.
 """
 
 from __future__ import annotations
@@ -30,7 +32,6 @@ import dataclasses
 import datetime as dt
 import json
 import logging
-import math
 import os
 import platform
 import subprocess
@@ -41,11 +42,9 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import measure, report
+from bench import report, scenarios, shapes
 from bench.harness import (
-    PYTHON,
     ROOT,
-    Completion,
     Fake,
     Kafka,
     Processor,
@@ -54,13 +53,13 @@ from bench.harness import (
     free_port,
     service_env,
 )
+from bench.measure import Result
 from bench.report import Row
+from bench.scenarios import JITTER_MS, LATENCY_MS
 from bench.workload import mean_text_chars, requests
 
 SCENARIOS = ("ideal", "overhead", "adaptive", "backlog", "peers")
 PARTITIONS = 8
-LATENCY_MS = 250.0
-JITTER_MS = 25.0
 RESULTS = ROOT / "bench" / "results"
 
 
@@ -84,72 +83,19 @@ class Sizes:
     sweep_s: float
     #: Seconds at C=12, then at C=6, then at C=12 again.
     phases: tuple[float, float, float]
+    #: How long a crashed backend refuses connections.
+    restart_s: float
 
 
 FULL = Sizes(
     ideal=Box(2400, 40), overhead=Box(6000, 25), backlog=Box(100_000, 50),
-    adaptive_records=6000, sweep=(4, 8, 12, 16, 24, 32), sweep_s=20, phases=(30, 20, 20),
+    adaptive_records=6000, sweep=(8, 12, 16, 24, 32), sweep_s=20, phases=(30, 20, 40),
+    restart_s=5,
 )  # fmt: skip
 SMOKE = Sizes(
     ideal=Box(80, 8), overhead=Box(300, 8), backlog=Box(2000, 5),
-    adaptive_records=600, sweep=(4, 16), sweep_s=4, phases=(5, 3, 3),
+    adaptive_records=600, sweep=(16,), sweep_s=3, phases=(3, 2, 2), restart_s=1,
 )  # fmt: skip
-
-
-@dataclasses.dataclass
-class Result:
-    """What one processor run left behind."""
-
-    label: str
-    kind: str
-    window: int
-    produced: int
-    events: list[Completion]
-    cpu: list[tuple[float, float]]
-    limits: list[tuple[float, float]]
-    peak_rss_mb: float
-    backend: dict[str, Any]
-    started_at: float
-    first_seen: float | None
-    stopped_at: float
-    changes: list[tuple[float, dict[str, Any]]]
-    returncode: int | None
-    exited_at: float
-
-    @property
-    def ok(self) -> list[float]:
-        return [e.at for e in self.events if e.ok]
-
-    @property
-    def failed(self) -> int:
-        return sum(1 for e in self.events if not e.ok)
-
-    @property
-    def t0(self) -> float:
-        """The first completion (any outcome)."""
-        return self.events[0].at if self.events else math.nan
-
-    def ok_before_stop(self) -> list[float]:
-        return [t for t in self.ok if t <= self.stopped_at]
-
-    def summary(self) -> dict[str, Any]:
-        ok = self.ok_before_stop()
-        return {
-            "label": self.label,
-            "window": self.window,
-            "produced": self.produced,
-            "completed": len(self.events),
-            "succeeded": len(self.ok),
-            "failed": self.failed,
-            "throughput": measure.throughput(ok),
-            "cpu_per_1000": measure.cpu_per_1000(self.cpu, ok),
-            "peak_rss_mb": self.peak_rss_mb,
-            "backend_calls": self.backend.get("calls"),
-            "backend_failed": self.backend.get("failed"),
-            "returncode": self.returncode,
-            "startup_s": (self.first_seen or math.nan) - self.started_at,
-            "stop_s": self.exited_at - self.stopped_at,
-        }
 
 
 class Bench:
@@ -165,8 +111,12 @@ class Bench:
         # Only a full run replaces the table the README quotes.
         full = not self.smoke and set(args.chosen) == set(SCENARIOS)
         self.out = RESULTS if full else self.raw
+        self.results = RESULTS
         self.topics: list[str] = []
         self.rows: list[Row] = []
+        self.verdicts: list[shapes.Verdict] = []
+        self.sweeps: dict[str, list[tuple[int, float, float, int, int]]] = {}
+        self.timelines: dict[str, report.Timeline] = {}
         self.notes: list[str] = []
         self.dump: dict[str, Any] = {}
         self.env = service_env()
@@ -305,222 +255,6 @@ class Bench:
     ) -> None:
         self.rows.append(Row(scenario, figure, dict(values), **kw))
 
-    # -- scenarios -------------------------------------------------------------------------
-
-    async def ideal(self) -> None:
-        box = self.sizes.ideal
-        topic, chars = await self.request_topic("ideal", box.records)
-        args = ("--capacity", "16", "--latency-ms", str(LATENCY_MS), "--jitter-ms", str(JITTER_MS))
-        async with self.fake("ideal", *args, "--per-char", f"{chars:.3f}") as fake:
-            results = await self.each_kind(
-                "ideal", topic, box.records, fake, self.kinds(), window=16, timebox_s=box.timebox_s
-            )
-        ideal = 16 / (LATENCY_MS / 1000)
-        thr = {k: measure.throughput(r.ok_before_stop()) for k, r in results.items()}
-        self.row("ideal", "throughput, records/s (C=16, L=250 ms, window 16)", thr)
-        self.row(
-            "ideal", "throughput / (C/L)", {k: v / ideal for k, v in thr.items()},
-            target="≥ 0.95", digits=3,
-        )  # fmt: skip
-
-    async def overhead(self, profile: bool) -> None:
-        n, timebox_s = dataclasses.astuple(self.sizes.overhead)
-        topic, _ = await self.request_topic("overhead", n)
-        async with self.fake("overhead", *_FAST) as fake:
-            results = await self.each_kind(
-                "overhead", topic, n, fake, self.kinds(), window=64, timebox_s=timebox_s
-            )
-            if profile:
-                session = self.raw / "profile-overhead.pyisession"
-                await self.run(
-                    "overhead", topic, n, "voxline-profiled", "voxline", fake,
-                    window=64, timebox_s=timebox_s, profile_to=session,
-                )  # fmt: skip
-                self.render_profile(session)
-        self.row(
-            "overhead",
-            "records/s end to end (L≈0, window 64)",
-            {k: measure.throughput(r.ok_before_stop()) for k, r in results.items()},
-        )
-        self.row(
-            "overhead",
-            "CPU seconds per 1,000 records",
-            {k: measure.cpu_per_1000(r.cpu, r.ok_before_stop()) for k, r in results.items()},
-            better="lower",
-            digits=2,
-        )
-
-    def render_profile(self, session: Path) -> None:
-        if not session.exists():
-            self.notes.append("profile: pyinstrument wrote no session")
-            return
-        base = [PYTHON, "-m", "pyinstrument", "--load", str(session)]
-        text = RESULTS / "profile-overhead.txt"
-        html = self.raw / "profile-overhead.html"
-        options = ["-p", "processor_options.filter_threshold=0.005", "--no-color", "--unicode"]
-        subprocess.run([*base, "-r", "text", *options, "-o", str(text)], check=False)
-        subprocess.run([*base, "-r", "html", "-o", str(html)], check=False)
-        self.say(f"profile: {text} and {html}")
-
-    async def backlog(self) -> None:
-        n, timebox_s = dataclasses.astuple(self.sizes.backlog)
-        topic, _ = await self.request_topic("backlog", n)
-        async with self.fake("backlog", *_FAST) as fake:
-            results = await self.each_kind(
-                "backlog", topic, n, fake, self.kinds(), window=64, timebox_s=timebox_s
-            )
-        self.row(
-            "backlog",
-            f"peak RSS, MiB, draining {n:,} waiting requests",
-            {k: r.peak_rss_mb for k, r in results.items()},
-            better="lower",
-            target="≤ 150 (Voxline)",
-            digits=0,
-        )
-        self.row(
-            "backlog",
-            "records drained",
-            {k: float(len(r.ok)) for k, r in results.items()},
-            better="",
-            digits=0,
-        )
-        self.row(
-            "backlog",
-            "drain rate, records/s",
-            {k: measure.throughput(r.ok_before_stop()) for k, r in results.items()},
-        )
-
-    async def adaptive(self) -> None:
-        s = self.sizes
-        n = s.adaptive_records
-        topic, chars = await self.request_topic("adaptive", n)
-        capacity, knee = 12, 1.5
-        args = (
-            "--capacity", str(capacity), "--latency-ms", str(LATENCY_MS),
-            "--jitter-ms", str(JITTER_MS), "--per-char", f"{chars:.3f}", "--knee", str(knee),
-        )  # fmt: skip
-        base = {"capacity": capacity}
-        p1, p2, p3 = s.phases
-        schedule = [(p1, {"capacity": 6}), (p1 + p2, {"capacity": capacity})]
-        fixed: dict[int, Result] = {}
-        async with self.fake("adaptive", *args) as fake:
-            for window in s.sweep:
-                fixed[window] = await self.run(
-                    "adaptive", topic, n, f"voxline-w{window}", "voxline", fake,
-                    window=window, timebox_s=s.sweep_s, until_all=False, backend=base,
-                )  # fmt: skip
-            ours = await self.run(
-                "adaptive", topic, n, "voxline-adaptive", "voxline", fake,
-                window=32, adaptive=True, timebox_s=p1 + p2 + p3, until_all=False,
-                backend=base, schedule=schedule, interval=0.5,
-            )  # fmt: skip
-            peers = await self.each_kind(
-                "adaptive", topic, n, fake, self.kinds()[1:],
-                window=32, timebox_s=p1 + p2 + p3, until_all=False, backend=base, schedule=schedule,
-            )  # fmt: skip
-        self.adaptive_figures(fixed, ours, peers, capacity, knee)
-
-    def adaptive_figures(
-        self,
-        fixed: Mapping[int, Result],
-        ours: Result,
-        peers: Mapping[str, Result],
-        capacity: int,
-        knee: float,
-    ) -> None:
-        s = self.sizes
-        span = s.sweep_s
-
-        def goodput(r: Result) -> float:
-            return measure.rate_between(r.ok, r.t0, r.t0 + span)
-
-        def failed_share(r: Result, start: float, end: float) -> float:
-            ok, failed = measure.calls_between(r.backend.get("series", []), start, end)
-            return 100 * measure.share(failed, ok + failed)
-
-        sweep = {w: goodput(r) for w, r in fixed.items()}
-        best_window = max(sweep, key=lambda w: sweep[w])
-        best = sweep[best_window]
-        self.sweep_rows = [
-            (w, sweep[w], failed_share(r, r.t0, r.t0 + span), r.failed) for w, r in fixed.items()
-        ]
-        end = ours.stopped_at
-        drop_at = ours.changes[0][0] if ours.changes else math.nan
-        rise_at = ours.changes[1][0] if len(ours.changes) > 1 else math.nan
-        all_runs = {"voxline": ours, **peers}
-        self.row(
-            "adaptive",
-            f"goodput, records/s, first {span:g} s (best fixed: window {best_window}, "
-            f"{best:.1f}/s; peers at window 32)",
-            {k: goodput(r) for k, r in all_runs.items()},
-        )
-        self.row(
-            "adaptive",
-            "goodput / best fixed window",
-            {k: goodput(r) / best if best else None for k, r in all_runs.items()},
-            target="≥ 0.90",
-            digits=3,
-        )
-        self.row(
-            "adaptive",
-            "failed backend calls, % (whole run, all phases)",
-            {k: failed_share(r, r.t0 - 5, r.stopped_at + 5) for k, r in all_runs.items()},
-            better="lower",
-            target="≤ 1 %",
-            digits=2,
-        )
-        self.row(
-            "adaptive",
-            "records failed (dead-lettered), whole run",
-            {k: float(r.failed) for k, r in all_runs.items()},
-            better="",
-            digits=0,
-        )
-        phases = (("C=12", capacity), ("C=6", capacity // 2), ("C=12 again", capacity))
-        for index, (name, c) in enumerate(phases):
-            ideal = c / (LATENCY_MS / 1000)
-            self.row(
-                "adaptive",
-                f"goodput / (C/L), phase {name}",
-                {
-                    k: measure.rate_between(r.ok, *_phase(r, index)) / ideal
-                    for k, r in all_runs.items()
-                },
-                digits=3,
-            )
-        bands = [
-            ("converge from 4 (C=12)", ours.t0, drop_at, capacity),
-            ("follow C 12→6", drop_at, rise_at, capacity // 2),
-            ("follow C 6→12", rise_at, end, capacity),
-        ]
-        for name, start, stop, c in bands:
-            low, high = 0.9 * c, math.floor(knee * c)
-            settled = measure.settle_time(ours.limits, start, stop, low, high)
-            self.row(
-                "adaptive",
-                f"seconds to {name}: window stays in [{low:g}, {high}]",
-                {"voxline": settled},
-                better="",
-                target="≤ 30 s" if name.startswith("converge") else "",
-            )
-        self.timeline = report.Timeline(
-            goodput=measure.per_second(ours.ok, ours.t0, math.ceil(end - ours.t0)),
-            limits=[(t - ours.t0, v) for t, v in ours.limits],
-            capacity=[(0.0, float(capacity))]
-            + [(t - ours.t0, float(ch["capacity"])) for t, ch in ours.changes],
-            knee=knee,
-            failed_calls=[(x["t"] - ours.t0, x["failed"]) for x in ours.backend.get("series", [])],
-            in_server=[
-                (x["t"] - ours.t0, x["in_server_max"]) for x in ours.backend.get("series", [])
-            ],
-            latency_s=LATENCY_MS / 1000,
-            best_fixed=best,
-            peers={
-                k: measure.per_second(r.ok, r.t0, math.ceil(r.stopped_at - r.t0))
-                for k, r in peers.items()
-            },
-        )
-
     # -- output ----------------------------------------------------------------------------
 
     def write(self, started: float) -> Path:
@@ -530,13 +264,10 @@ class Bench:
         (self.raw / "figures.json").write_text(
             json.dumps(self.dump, default=str, indent=1), encoding="utf-8"
         )
-        timeline = getattr(self, "timeline", None)
-        if timeline is not None:
-            report.plot(
-                timeline,
-                self.out / "adaptive.png",
-                "Adaptive window, backend C=12 failing past 18, C→6 and back (hidden from Voxline)",
-            )
+        for name, timeline in self.timelines.items():
+            shape = next(s for s in shapes.SHAPES if s.name == name)
+            title = f"Adaptive window, backend C=12 that {shape.title} past 18, C→6 and back"
+            report.plot(timeline, self.out / f"adaptive-{name}.png", title)
         return md
 
     def markdown(self, wall_s: float) -> str:
@@ -555,7 +286,8 @@ class Bench:
             + (" --smoke" if self.smoke else "")
             + "` reproduces it.",
             "",
-            "Backend: `bench/fake_tts.py`, FIFO queue past its capacity C, service time "
+            "Backend: `bench/fake_tts.py`, FIFO queue (or processor sharing) past its capacity C, "
+            "service time "
             f"L={LATENCY_MS:g} ms ± {JITTER_MS:g} ms scaled by text length (mean text = L), "
             "no Retry-After. Texts: log-normal lengths, median 120 characters, 12 to 900. "
             f"{PARTITIONS} partitions. Peers get the same requests, backend, store, broker "
@@ -565,18 +297,9 @@ class Bench:
             "",
             report.table(self.rows, self.peers),
         ]
-        sweep = getattr(self, "sweep_rows", None)
-        if sweep:
-            lines += [
-                "",
-                "Fixed windows against the hidden knee (C=12, fails past 18), first "
-                f"{self.sizes.sweep_s:g} s:",
-                "",
-                "| window | goodput, records/s | failed backend calls, % | records failed |",
-                "|---|---|---|---|",
-            ]
-            lines += [f"| {w} | {g:.1f} | {f:.2f} | {n} |" for w, g, f, n in sweep]
-            lines += ["", "![adaptive window](adaptive.png)"]
+        if self.verdicts:
+            lines += ["", *shapes.summary(self.verdicts, self.sweeps), ""]
+            lines += [f"![adaptive window, {n}](adaptive-{n}.png)" for n in self.timelines]
         if self.notes:
             lines += ["", "Notes:", ""] + [f"- {n}" for n in self.notes]
         return "\n".join(lines) + "\n"
@@ -586,17 +309,6 @@ class Bench:
         await self.kafka.delete(self.topics)
         deleted = await delete_prefix(self.env, f"bench/{self.run_id}/")
         self.say(f"deleted {len(self.topics)} topics and {deleted:,} audio objects")
-
-
-_FAST = ("--capacity", "100000", "--latency-ms", "0")
-
-
-def _phase(run: Result, index: int) -> tuple[float, float]:
-    """Start and end of the ``index``-th backend phase of ``run`` (split by its changes)."""
-    bounds = [run.t0] + [t for t, _ in run.changes] + [run.stopped_at]
-    if index + 1 >= len(bounds):
-        return math.nan, math.nan
-    return bounds[index], bounds[index + 1]
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -633,13 +345,13 @@ async def main(argv: Sequence[str] | None = None) -> int:
         bench = Bench(kafka, args)
         try:
             if "ideal" in args.chosen:
-                await bench.ideal()
+                await scenarios.ideal(bench)
             if "overhead" in args.chosen or args.profile:
-                await bench.overhead(args.profile)
+                await scenarios.overhead(bench, args.profile)
             if "adaptive" in args.chosen:
-                await bench.adaptive()
+                await shapes.adaptive(bench)
             if "backlog" in args.chosen:
-                await bench.backlog()
+                await scenarios.backlog(bench)
         finally:
             if not args.keep:
                 await bench.cleanup()
