@@ -14,11 +14,15 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         return
     write = terminalreporter.write_line
     terminalreporter.section("fault suite figures")
-    columns = ("requests", "succeeded", "dead_lettered", "lost", "duplicates", "recovery_s")
-    write(f"{'scenario':<22}" + "".join(f"{c:>15}" for c in columns) + f"{'wall_s':>10}")
+    columns = ("requests", "succeeded", "dead_lettered", "lost", "duplicates", "dup_allowed")
+    keys = dict(zip(columns, (*columns[:-1], "duplicates_allowed"), strict=True))
+    head = "".join(f"{c:>14}" for c in columns)
+    write(f"{'scenario':<18}{head}{'recovery_s':>12}{'wall_s':>9}  dead-lettered by reason")
     for figures in support.RECORDED:
-        cells = "".join(f"{_cell(figures.get(c)):>15}" for c in columns)
-        write(f"{figures['scenario']:<22}{cells}{_cell(figures.get('wall_s')):>10}")
+        cells = "".join(f"{_cell(figures.get(keys[c])):>14}" for c in columns)
+        tail = f"{_cell(figures.get('recovery_s')):>12}{_cell(figures.get('wall_s')):>9}"
+        reasons = figures.get("dead_lettered_by_reason") or {}
+        write(f"{figures['scenario']:<18}{cells}{tail}  {reasons or '-'}")
     write(f"(one JSON line per scenario in {support.results_path()})")
     for figures in support.RECORDED:
         write(json.dumps(figures))
