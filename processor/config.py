@@ -10,8 +10,8 @@ Example (see the README for one per backend family)::
     [backends.cosy]
     kind = "cosyvoice"
     url = "http://127.0.0.1:50000"
-    max_in_flight = 12          # the window: concurrent calls to this backend
-    adaptive = true             # find the window between min_in_flight and max_in_flight
+    max_in_flight = 12          # the window's ceiling: concurrent calls to this backend
+    adaptive = true             # the default: find the window between min_ and max_in_flight
     text_limit = 300            # longer text is split at sentence boundaries
     timeout_s = 120
     retry_attempts = 5
@@ -56,6 +56,17 @@ class ConfigError(ValueError):
     """The configuration file or settings are wrong; the message says where."""
 
 
+#: Backends whose window stays fixed unless ``adaptive`` says otherwise: espeak-ng runs as a
+#: local process per call, bounded by the CPU, with no server to overload. Every TTS server's
+#: window is adaptive by default (it finds the server's capacity below ``max_in_flight``).
+FIXED_WINDOW_KINDS = frozenset({"espeak"})
+
+
+def adaptive_by_default(kind: str) -> bool:
+    """Whether a backend of ``kind`` gets the adaptive window unless told otherwise."""
+    return kind not in FIXED_WINDOW_KINDS
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class BackendConfig:
     name: str
@@ -65,10 +76,12 @@ class BackendConfig:
     text_limit: int = 1000
     timeout_s: float = 120.0
     connect_timeout_s: float = 5.0
+    #: The window: fixed, or the ceiling of the adaptive one, which starts at
+    #: ``initial_in_flight`` and never goes below ``min_in_flight``.
     max_in_flight: int = 8
     min_in_flight: int = 1
     initial_in_flight: int = 4
-    adaptive: bool = False
+    adaptive: bool = True
     retry_attempts: int = 5
     retry_timeout_s: float = 60.0
     options: Mapping[str, Any] = dataclasses.field(default_factory=lambda: MappingProxyType({}))
@@ -105,14 +118,15 @@ def single_backend(
     url: str | None = None,
     api_key: str | None = None,
     max_in_flight: int = 8,
-    adaptive: bool = False,
+    adaptive: bool | None = None,
     timeout_s: float = 120.0,
     retry_attempts: int = 5,
     retry_timeout_s: float = 60.0,
     max_records: int = 0,
     reference_buckets: frozenset[str] = frozenset(),
 ) -> BackendsConfig:
-    """The one backend ``VOXLINE_BACKEND`` names, when there is no config file."""
+    """The one backend ``VOXLINE_BACKEND`` names, when there is no config file (``adaptive``
+    None: the kind's default, :func:`adaptive_by_default`)."""
     if kind not in KINDS:
         raise ConfigError(f"VOXLINE_BACKEND: unknown backend {kind!r} (known: {', '.join(KINDS)})")
     if kind != "espeak" and not url:
@@ -126,7 +140,7 @@ def single_backend(
         timeout_s=timeout_s,
         max_in_flight=max_in_flight,
         initial_in_flight=min(4, max_in_flight),
-        adaptive=adaptive,
+        adaptive=adaptive_by_default(kind) if adaptive is None else adaptive,
         retry_attempts=retry_attempts,
         retry_timeout_s=retry_timeout_s,
     )
@@ -208,7 +222,7 @@ def _backend(name: str, table: Any, env: Mapping[str, str], source: str) -> Back
         max_in_flight=max_in,
         min_in_flight=min_in,
         initial_in_flight=initial,
-        adaptive=_typed(table, "adaptive", bool, False, where),
+        adaptive=_typed(table, "adaptive", bool, adaptive_by_default(kind), where),
         retry_attempts=_typed(table, "retry_attempts", int, 5, where),
         retry_timeout_s=float(_typed(table, "retry_timeout_s", (int, float), 60.0, where)),
         options=MappingProxyType(dict(options)),

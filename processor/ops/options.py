@@ -214,9 +214,12 @@ RUN: tuple[Setting, ...] = (
     _backend(
         "--adaptive/--static",
         "VOXLINE_ADAPTIVE",
-        "Let each backend's window find the backend's capacity (between 1 and "
-        "--max-in-flight) instead of keeping it fixed.",
+        "Let the backend's window find the server's capacity (from 4, between 1 and "
+        "--max-in-flight), or pin it at --max-in-flight. Default: adaptive for every TTS "
+        "server, static for espeak (a local process).",
         field="adaptive",
+        default=None,
+        show_default=False,
     ),
     _setting(
         BackendsConfig,
