@@ -5,8 +5,8 @@ succeeds, and the group's commit reaches the end of every partition).
 * header values that are null, repeated names and bytes that are not UTF-8, on a record that
   succeeds and on one that is dead-lettered (its dead letter keeps them);
 * a header *name* that is not UTF-8 (written as a raw record batch, as librdkafka producers can
-  and aiokafka cannot): dead-lettered ``invalid_input`` / ``unreadable_record`` (a scenario of
-  its own: the accounting cannot read such a topic yet, see its test);
+  and aiokafka cannot): dead-lettered ``invalid_input`` / ``unreadable_record``, and the
+  accounting still reads the topic (a scenario of its own);
 * a record near the broker's size limit whose dead-letter copy (the ``dlq.*`` headers added)
   no longer fits: dead-lettered with its value cut short and ``dlq.value.truncated``;
 * an internal error: a two-chunk request whose chunks come back at different sample rates
@@ -129,13 +129,6 @@ async def test_poison_records_are_dead_lettered_and_stall_no_partition(
         assert "3 tries" in message, message
 
 
-@pytest.mark.xfail(
-    raises=UnicodeDecodeError,
-    strict=True,
-    reason="processor bug: reconcile reads the request topic with plain aiokafka "
-    "(processor/kafka/records.read_to_end), which cannot decode a record whose header name "
-    "is not UTF-8; the processor itself dead-letters it (checked before the accounting)",
-)
 async def test_a_header_name_that_is_not_utf8_is_dead_lettered_and_stalls_nothing(
     services: Services, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -168,7 +161,7 @@ async def test_a_header_name_that_is_not_utf8_is_dead_lettered_and_stalls_nothin
         assert letter.header("dlq.reason") == "invalid_input"
         assert letter.value == records[1][1]
 
-        report = await run.account(ids)  # raises UnicodeDecodeError until reconcile is fixed
+        report = await run.account(ids)
         report_and_check(run, report, capsys, recovery_s=None)
         assert set(report.failed_ids) == {bad_id}
         assert report.duplicates == 0
