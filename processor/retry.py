@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from typing import NamedTuple
 
 from processor.errors import Permanent, Systemic, Transient, VoxlineError
 
@@ -30,8 +31,11 @@ class Action(enum.Enum):
     GIVE_UP = "give_up"
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Decision:
+#: First wait of a hold; each further hold of the same record waits one step more.
+HOLD_STEP_S = 0.2
+
+
+class Decision(NamedTuple):
     action: Action
     wait_s: float = 0.0
 
@@ -44,15 +48,13 @@ class Policy:
     attempts: int = 5
     #: Seconds a record may spend waiting between attempts.
     budget_s: float = 60.0
-    wait_initial_s: float = 0.5
-    wait_max_s: float = 10.0
-    #: First wait of a hold; each further hold of the same record waits one step more.
-    hold_step_s: float = 0.2
-    hold_max_s: float = 30.0
+    #: Backoff between attempts: the first wait, and the most it grows to.
+    backoff_s: tuple[float, float] = (0.5, 10.0)
+    #: A hold's pacing: the first wait (each further hold waits one step more), and the most.
+    hold_s: tuple[float, float] = (HOLD_STEP_S, 30.0)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Attempts:
+class Attempts(NamedTuple):
     """What a record has been through at one step so far."""
 
     #: Failed attempts that counted (holds do not count).
@@ -66,13 +68,15 @@ class Attempts:
 def backoff(failed: int, policy: Policy, jitter: float = 0.0) -> float:
     """Exponential backoff before attempt ``failed + 1``: ``wait_initial * 2**(failed-1)``,
     capped at ``wait_max``, plus up to ``jitter`` (a fraction in [0, 1)) of itself."""
-    base = min(policy.wait_max_s, policy.wait_initial_s * 2.0 ** max(0, failed - 1))
+    first, most = policy.backoff_s
+    base = min(most, first * 2.0 ** max(0, failed - 1))
     return base * (1.0 + max(0.0, min(jitter, 1.0)))
 
 
 def hold_wait(holds: int, policy: Policy) -> float:
-    """Pacing of a held record: one step more each time, never above ``hold_max_s``."""
-    return min(policy.hold_max_s, policy.hold_step_s * (holds + 1))
+    """Pacing of a held record: one step more each time, never above the most."""
+    step, most = policy.hold_s
+    return min(most, step * (holds + 1))
 
 
 def decide(
@@ -94,7 +98,7 @@ def decide(
     if error.retry_after is not None and error.retry_after > left:
         # The server says it is unavailable for longer than this record may wait: that is an
         # outage for everyone, not this record's failure.
-        return Decision(Action.HOLD, min(error.retry_after, policy.hold_max_s))
+        return Decision(Action.HOLD, min(error.retry_after, policy.hold_s[1]))
     if seen.failed + 1 >= policy.attempts:
         return Decision(Action.GIVE_UP)
     wait = (
@@ -108,5 +112,5 @@ def decide(
 def after(seen: Attempts, decision: Decision) -> Attempts:
     """``seen`` once ``decision`` has been carried out."""
     if decision.action is Action.HOLD:
-        return dataclasses.replace(seen, holds=seen.holds + 1)
+        return seen._replace(holds=seen.holds + 1)
     return Attempts(seen.failed + 1, seen.holds, seen.waited_s + decision.wait_s)

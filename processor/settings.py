@@ -8,7 +8,7 @@ import socket
 
 from processor import PROCESSOR_NAME, __version__
 from processor.config import BackendsConfig, single_backend
-from processor.retry import Policy
+from processor.retry import HOLD_STEP_S, Policy
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -52,8 +52,8 @@ class RetrySettings:
 
     def policy(self, attempts: int = 5, budget_s: float = 60.0) -> Policy:
         """The retry policy of a step with this pacing."""
-        waits = (self.wait_initial_s, self.wait_max_s)
-        return Policy(attempts, budget_s, *waits, hold_max_s=self.systemic_wait_max_s)
+        hold = (HOLD_STEP_S, self.systemic_wait_max_s)
+        return Policy(attempts, budget_s, (self.wait_initial_s, self.wait_max_s), hold)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -291,14 +291,9 @@ class KafkaConsumer:
 
 
 def _fetched(tp: TopicPartition, raw: RawRecord) -> Fetched:
+    headers = tuple((k.decode("utf-8", "replace"), v) for k, v in raw.headers)
     record = Record(
-        topic=tp.topic,
-        partition=tp.partition,
-        offset=raw.offset,
-        key=raw.key,
-        value=raw.value,
-        timestamp_ms=raw.timestamp_ms,
-        headers=tuple((k.decode("utf-8", "replace"), v) for k, v in raw.headers),
+        tp.topic, tp.partition, raw.offset, raw.key, raw.value, raw.timestamp_ms, headers
     )
     if raw.readable:
         return record

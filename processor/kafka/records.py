@@ -30,15 +30,8 @@ class Record:
 
 def to_record(msg: Any) -> Record:
     """Copy an aiokafka ConsumerRecord into our frozen value type."""
-    return Record(
-        topic=msg.topic,
-        partition=msg.partition,
-        offset=msg.offset,
-        key=msg.key,
-        value=msg.value,
-        timestamp_ms=msg.timestamp,
-        headers=tuple(msg.headers or ()),
-    )
+    headers = tuple(msg.headers or ())
+    return Record(msg.topic, msg.partition, msg.offset, msg.key, msg.value, msg.timestamp, headers)
 
 
 def reader(kafka: KafkaSettings) -> AIOKafkaConsumer:

@@ -42,7 +42,7 @@ from processor.testing import (
 S = Stage.SYNTHESIZE
 KAFKA = KafkaSettings(completion_topic="done", dlq_topic="dlq")
 FAST = RetrySettings(wait_initial_s=0.001, wait_max_s=0.002, systemic_wait_max_s=0.01)
-POLICY = Policy(attempts=3, budget_s=1.0, wait_initial_s=0.001, wait_max_s=0.002, hold_step_s=0.01)
+POLICY = Policy(attempts=3, budget_s=1.0, backoff_s=(0.001, 0.002), hold_s=(0.01, 30.0))
 
 
 class World:
@@ -131,8 +131,8 @@ async def test_an_outage_holds_the_record_and_never_dead_letters_it() -> None:
 
 async def test_a_day_long_retry_after_holds_instead_of_dead_lettering() -> None:
     day = Transient("HTTP 429", stage=S, http_status=429, retry_after=86_400.0)
-    # The hold waits at most hold_max_s, not the day the server asked for.
-    world = World([day], policy=Policy(attempts=3, budget_s=1.0, hold_max_s=0.01))
+    # The hold waits at most the policy's longest hold, not the day the server asked for.
+    world = World([day], policy=Policy(attempts=3, budget_s=1.0, hold_s=(0.2, 0.01)))
     assert await world.pipeline.handle(record()) == "succeeded"
     assert world.dead_letters() == []
 

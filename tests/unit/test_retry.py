@@ -18,7 +18,7 @@ from processor.errors import (
 )
 from processor.retry import Action, Attempts, Policy, after, backoff, decide, hold_wait
 
-P = Policy(attempts=5, budget_s=60.0, wait_initial_s=0.5, wait_max_s=10.0)
+P = Policy(attempts=5, budget_s=60.0, backoff_s=(0.5, 10.0))
 S = Stage.SYNTHESIZE
 
 
@@ -78,14 +78,14 @@ def test_holds_do_not_use_up_attempts() -> None:
 @given(st.integers(min_value=1, max_value=60), st.floats(min_value=0, max_value=0.999))
 def test_backoff_grows_and_is_capped(failed: int, jitter: float) -> None:
     base = backoff(failed, P)
-    assert P.wait_initial_s <= base <= P.wait_max_s
+    assert P.backoff_s[0] <= base <= P.backoff_s[1]
     assert backoff(failed + 1, P) >= base
     assert base <= backoff(failed, P, jitter) <= 2 * base
 
 
 @given(st.integers(min_value=0, max_value=10_000))
 def test_hold_pacing_grows_to_its_ceiling(holds: int) -> None:
-    assert 0 < hold_wait(holds, P) <= P.hold_max_s
+    assert 0 < hold_wait(holds, P) <= P.hold_s[1]
     assert hold_wait(holds + 1, P) >= hold_wait(holds, P)
 
 
