@@ -98,7 +98,9 @@ def decide(
     if error.retry_after is not None and error.retry_after > left:
         # The server says it is unavailable for longer than this record may wait: that is an
         # outage for everyone, not this record's failure.
-        return Decision(Action.HOLD, min(error.retry_after, policy.hold_s[1]))
+        # Paced like any hold: the breaker (which counts such answers) keeps calls away while
+        # the backend is unavailable, and the record goes on as soon as it is back.
+        return Decision(Action.HOLD, min(error.retry_after, hold_wait(seen.holds, policy)))
     if seen.failed + 1 >= policy.attempts:
         return Decision(Action.GIVE_UP)
     wait = (
