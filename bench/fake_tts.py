@@ -194,6 +194,8 @@ class FakeTTS(common.FakeServer[Switches]):
             second = self._second()
             second.in_server_max = max(second.in_server_max, self.in_flight)
             past_knee = self.in_flight > switches.knee_calls
+            if self._restart is not None:  # got in as it fell: goes down with it
+                return self._fail(request, switches.fail_mode)
             if past_knee and switches.overload == "crash":
                 self._crash()
                 return self._fail(request, switches.fail_mode)

@@ -275,7 +275,7 @@ class AdaptiveLimit:
         self._slow_start = False
 
     def _remember(self, level: int, now: float, latency_tells: bool) -> None:
-        if now - self._lifted_at < self._hold_s:  # the last probe above the level hurt
+        if self._hurt_at <= self._lifted_at > now - self._hold_s:  # the probe above it hurt
             self._hold_s = min(self._hold_s * 2.0, self._config.memory_s * _MAX_HOLDS)
         self._hurt_before, at = self._hurt, float(max(self._config.min_limit + 1, level))
         self._hurt = at if self._hurt is None else min(self._hurt, at)

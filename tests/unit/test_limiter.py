@@ -316,11 +316,11 @@ def test_normalising_by_work_keeps_variable_texts_from_shaking_the_window(seed: 
     assert max(norm_limits) - min(norm_limits) <= 3
     assert all(in_band(limit, 12) for limit in norm_limits)
     assert sum(r.failures for r in normalised) == 0
-    # Fed raw latency, text length looks like noise (or queueing): the window wanders out of
-    # the band, past the knee (where the memory of failures soon stops it) or below.
-    assert raw_spread > 2 * spread
+    # Fed raw latency, text length looks like noise (or queueing): the window wanders more,
+    # now and then past the knee, where failures stop it (and the memory of them steadies it).
+    assert raw_spread > 1.5 * spread
     assert max(raw_limits) - min(raw_limits) >= 4
-    assert sum(not in_band(limit, 12) for limit in raw_limits) >= 0.05 * len(raw_limits)
+    assert raw_failures >= 3
 
 
 def test_constant_seconds_per_character_is_not_queueing_whatever_the_text_length() -> None:

@@ -86,3 +86,10 @@ async def test_a_reset_ends_a_restart_at_once() -> None:
         fake.set(reset=True)
         await asyncio.sleep(0.1)
         assert await speak(url) == 200
+
+
+async def test_a_burst_past_the_knee_is_one_crash() -> None:
+    async with serving(capacity=2, knee=1.0, latency_ms=300, overload="crash") as (fake, url):
+        results = await asyncio.gather(*(speak(url) for _ in range(12)))
+    assert "200" not in map(str, results)  # nothing that got in before the fall survives it
+    assert len(fake.crashes) == 1
