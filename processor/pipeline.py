@@ -44,6 +44,14 @@ def _ms(seconds: float) -> int:
     return max(0, round(seconds * 1000))
 
 
+def record_log(record: Record, request_id: str) -> Logger:
+    """The logger for one record: every line names where it came from and its request."""
+    bound: Logger = log.bind(
+        topic=record.topic, partition=record.partition, offset=record.offset, request_id=request_id
+    )
+    return bound
+
+
 def internal_error(exc: BaseException, failures: int) -> InternalError:
     """``internal_error`` naming the exception and the last frame it passed through."""
     frames = traceback.extract_tb(exc.__traceback__)
@@ -108,12 +116,7 @@ class Pipeline:
         request_id = request_id_of(
             record.topic, record.partition, record.offset, record.key, record.value
         )
-        rlog = log.bind(
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            request_id=request_id,
-        )
+        rlog = record_log(record, request_id)
         await self.outcomes.failed(record, request_id, {}, error, Tally(), rlog)
         return "failed"
 
@@ -148,12 +151,7 @@ class Pipeline:
                 del self._turns[request_id]
 
     async def _process(self, record: Record, request: Request, started: float) -> str:
-        rlog = log.bind(
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            request_id=request.request_id,
-        )
+        rlog = record_log(record, request.request_id)
         tally = Tally()
         try:
             route = self.synth.route(request)
