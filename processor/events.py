@@ -42,6 +42,17 @@ def ce_headers(subject: str, ce_type: str, status: str, source: str, now: dt.dat
     ]
 
 
+#: Extension attributes of a completion event whose request arrived as a CloudEvent: the
+#: request event's id (``causationid``, from the CloudEvents correlation extension), source
+#: and type, so the caller can correlate by its own event.
+CAUSATION_HEADERS = ("ce_causationid", "ce_causationsource", "ce_causationtype")
+
+
+def causation_headers(ce_id: str, ce_source: str, ce_type: str) -> Headers:
+    values = (ce_id, ce_source, ce_type)
+    return [(name, value.encode()) for name, value in zip(CAUSATION_HEADERS, values, strict=True)]
+
+
 def encode(body: Mapping[str, object]) -> bytes:
     return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
 
@@ -74,8 +85,9 @@ def succeeded_body(
     chunks: int,
     timings: Timings,
     metadata: Mapping[str, str],
+    usage: Mapping[str, int] | None = None,
 ) -> dict[str, object]:
-    return {
+    body: dict[str, object] = {
         "request_id": request_id,
         "status": "succeeded",
         "audio": dataclasses.asdict(audio),
@@ -85,6 +97,9 @@ def succeeded_body(
         "timings": dataclasses.asdict(timings),
         "metadata": dict(metadata),
     }
+    if usage is not None:
+        body["usage"] = dict(usage)
+    return body
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -103,8 +118,10 @@ def failed_body(
     dead_letter: DeadLetterRef,
     attempts: int,
     metadata: Mapping[str, str],
+    usage: Mapping[str, int] | None = None,
+    backend: str | None = None,
 ) -> dict[str, object]:
-    return {
+    body: dict[str, object] = {
         "request_id": request_id,
         "status": "failed",
         "reason": reason.value,
@@ -113,6 +130,11 @@ def failed_body(
         "attempts": attempts,
         "metadata": dict(metadata),
     }
+    if usage is not None:
+        body["usage"] = dict(usage)
+    if backend is not None:
+        body["backend"] = backend
+    return body
 
 
 def truncate_utf8(text: str, limit: int) -> str:
