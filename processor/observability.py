@@ -117,6 +117,20 @@ class Metrics:
             registry=self.registry,
         )
         self._breaker_last: dict[str, str] = {}
+        self._usage = {
+            what: counter(f"usage_{what}_total", doc, "backend", "tenant")
+            for what, doc in (
+                ("characters", "Characters of request text, by backend and tenant."),
+                ("audio_seconds", "Seconds of audio delivered, by backend and tenant."),
+                ("backend_seconds", "Seconds spent in backend calls, by backend and tenant."),
+            )
+        }
+        self._cache = counter(
+            "cache_total",
+            "Chunk cache lookups and writes, by operation and result.",
+            "op",
+            "result",
+        )
 
     def _series(self, kind: Callable[..., _M]) -> Callable[..., _M]:
         """A maker of ``voxline_<name>`` series of ``kind`` on this registry."""
@@ -193,6 +207,22 @@ class Metrics:
         """Drop a revoked partition's lag series so it does not report a stale value."""
         with contextlib.suppress(KeyError):
             self._committed_lag.remove(topic, str(partition))
+
+    def usage(
+        self, backend: str, tenant: str, characters: int, audio_s: float, backend_s: float
+    ) -> None:
+        """A record finished (either way) with this usage; ``tenant`` is already bounded."""
+        for what, amount in (
+            ("characters", characters),
+            ("audio_seconds", audio_s),
+            ("backend_seconds", backend_s),
+        ):
+            self._usage[what].labels(backend=backend, tenant=tenant).inc(amount)
+
+    def cache(self, op: str, result: str) -> None:
+        """A chunk cache ``op`` (lookup, write) ended with ``result`` (hit, miss, corrupt,
+        error, skipped, ok, failed)."""
+        self._cache.labels(op=op, result=result).inc()
 
     def render(self) -> bytes:
         """All metrics in the Prometheus text exposition format (``CONTENT_TYPE``)."""

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 
 import structlog
 
+from processor.cloudevents_in import causation_of
 from processor.errors import Permanent, Reason, VoxlineError
 from processor.events import (
     FAILED_TYPE,
@@ -25,6 +26,7 @@ from processor.observability import Metrics
 from processor.retry import Policy
 from processor.settings import Settings
 from processor.steps import Tally, now, run_step
+from processor.usage import TenantLabels, Usage, tenant_of
 
 Logger = structlog.typing.FilteringBoundLogger
 
@@ -41,18 +43,44 @@ class Outcomes:
         self.sink = sink
         self.policy = policy
         self.metrics = metrics
+        self.tenants = TenantLabels(settings.usage_max_tenants)
 
     async def publish(
-        self, subject: str, ce_type: str, status: str, body: Mapping[str, object]
+        self,
+        subject: str,
+        ce_type: str,
+        status: str,
+        body: Mapping[str, object],
+        causation: Headers | None = None,
     ) -> None:
         headers = ce_headers(subject, ce_type, status, self.settings.event_source, now())
+        headers += causation or []  # the request's own CloudEvent, if it came as one
         value = encode(body)
         topic = self.settings.kafka.completion_topic
         out = Outbound(topic, subject.encode(), value, headers)
         await run_step(lambda: self.sink.send(out), self.policy)
 
-    async def succeeded(self, request_id: str, body: Mapping[str, object]) -> None:
-        await self.publish(request_id, SUCCEEDED_TYPE, "succeeded", body)
+    async def succeeded(
+        self,
+        request_id: str,
+        body: Mapping[str, object],
+        causation: Headers | None = None,
+        usage: Usage | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        await self.publish(request_id, SUCCEEDED_TYPE, "succeeded", body, causation)
+        self.account(usage or Usage(), metadata or {})
+
+    def account(self, usage: Usage, metadata: Mapping[str, str]) -> None:
+        """Usage metrics for one finished record, by backend and (bounded) tenant."""
+        tenant = self.tenants.label(tenant_of(metadata, self.settings.usage_tenant_key))
+        self.metrics.usage(
+            usage.backend or "-",
+            tenant,
+            usage.characters,
+            usage.audio_ms / 1000,
+            usage.backend_ms / 1000,
+        )
 
     async def failed(
         self,
@@ -62,8 +90,10 @@ class Outcomes:
         error: VoxlineError,
         tally: Tally,
         rlog: Logger,
+        usage: Usage | None = None,
     ) -> None:
         """Dead letter, then failed event (it names where the dead letter went)."""
+        usage = usage or Usage()
         reason = error.reason or Reason.RETRIES_EXHAUSTED
         failure = Failure(
             stage=error.stage,
@@ -94,8 +124,12 @@ class Outcomes:
             dead_letter=ref,
             attempts=tally.attempts,
             metadata=metadata,
+            usage=usage.as_event(),
+            backend=usage.backend,
         )
-        await self.publish(request_id, FAILED_TYPE, "failed", body)
+        causation = causation_of(record.headers, record.value)
+        await self.publish(request_id, FAILED_TYPE, "failed", body, causation)
+        self.account(usage, metadata)
         self.metrics.dead_lettered(reason.value, error.stage.value)
         rlog.warning(
             "dead-lettered",

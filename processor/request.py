@@ -58,6 +58,7 @@ class Request:
     backend: str | None = None
     deadline: dt.datetime | None = None
     metadata: Mapping[str, str] = dataclasses.field(default_factory=lambda: _EMPTY_STR)
+    cache: str = "use"  # the chunk cache: use | refresh | bypass (processor.cache)
 
 
 #: Longest error message ``parse_request`` produces (it also lands in a dead-letter header).
@@ -258,6 +259,7 @@ def _build(doc: dict[str, Any]) -> Request:
         backend=doc.get("backend"),
         deadline=None if deadline is None else schemas_loader.parse_rfc3339(deadline),
         metadata=MappingProxyType(dict(doc.get("metadata", {}))),
+        cache=doc.get("cache", "use"),
     )
 
 

@@ -42,6 +42,24 @@ class StoreSettings:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class CacheSettings:
+    """The chunk cache (``processor.cache``): synthesized chunks kept in the store by a hash
+    of everything that determines their audio."""
+
+    enabled: bool = False
+    #: Key prefix in the audio bucket (or ``bucket``) for cached chunks.
+    prefix: str = "cache/chunks/"
+    #: Another bucket for the cache; None: the audio bucket.
+    bucket: str | None = None
+    #: Cache requests without a seed on backends that sample randomly (two calls would differ).
+    unseeded: bool = False
+    #: Size bound ``voxline cache prune`` keeps the cache under (0: no bound).
+    max_bytes: int = 0
+    #: Seconds a lookup may take before it counts as a miss (the store is slow or down).
+    lookup_timeout_s: float = 2.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class RetrySettings:
     """Pacing of retries; how many and for how long is each backend's (``BackendConfig``)."""
 
@@ -63,6 +81,10 @@ class Settings:
     kafka: KafkaSettings = KafkaSettings()
     store: StoreSettings = StoreSettings()
     retry: RetrySettings = RetrySettings()
+    cache: CacheSettings = CacheSettings()
+    #: Usage metrics are labelled by the tenant this metadata key names (first N, then other).
+    usage_tenant_key: str = "tenant"
+    usage_max_tenants: int = 100
     #: The named backends, their windows and limits (``VOXLINE_CONFIG``, or the single
     #: backend ``VOXLINE_BACKEND`` names).
     backends: BackendsConfig = dataclasses.field(default_factory=single_backend)

@@ -9,11 +9,13 @@ from __future__ import annotations
 import click
 
 from processor import __version__, logs
+from processor.ops.cache import cache
 from processor.ops.demo import demo
 from processor.ops.dlq import dlq
 from processor.ops.reconcile import reconcile_command
 from processor.ops.run import run
 from processor.ops.submit import submit
+from processor.ops.usage import usage
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -41,5 +43,5 @@ def main(log_level: str, log_format: str) -> None:
     logs.configure(log_level, json=log_format == "json")
 
 
-for _verb in (run, submit, dlq, reconcile_command, demo):
+for _verb in (run, submit, dlq, reconcile_command, demo, usage, cache):
     main.add_command(_verb)

@@ -21,7 +21,7 @@ from processor import config
 from processor.backends.registry import KINDS
 from processor.config import BackendConfig, BackendsConfig, ReferenceConfig
 from processor.kafka.options import SASL_MECHANISMS, SECURITY_PROTOCOLS
-from processor.settings import KafkaSettings, Settings, StoreSettings
+from processor.settings import CacheSettings, KafkaSettings, Settings, StoreSettings
 
 #: The command line serves /healthz, /readyz and /metrics unless told not to; ``Settings``
 #: built in code (tests, the demo) does not.
@@ -36,6 +36,7 @@ _GROUPS: Mapping[type[Any], str] = {
     BackendConfig: "backend",
     BackendsConfig: "backend",
     ReferenceConfig: "backend",
+    CacheSettings: "cache",
 }
 _FROM_FIELD: Any = object()
 
@@ -110,6 +111,7 @@ _kafka = functools.partial(_setting, KafkaSettings)
 _store = functools.partial(_setting, StoreSettings)
 _top = functools.partial(_setting, Settings)
 _backend = functools.partial(_setting, BackendConfig)
+_cache = functools.partial(_setting, CacheSettings)
 
 
 def _buckets(text: str) -> frozenset[str]:
@@ -168,6 +170,54 @@ STORE: tuple[Setting, ...] = (
     _store("--s3-bucket", "S3_BUCKET", "Bucket for audio.", field="bucket"),
     _store("--s3-prefix", "S3_PREFIX", "Key prefix for audio objects.", field="prefix"),
     _store("--aws-region", "AWS_REGION", "S3 region.", field="region"),
+)
+
+#: The chunk cache (``voxline run`` and ``voxline cache``).
+CACHE: tuple[Setting, ...] = (
+    _cache(
+        "--cache/--no-cache",
+        "VOXLINE_CACHE",
+        "Serve chunks already synthesized for the same inputs from the store (README: Chunk "
+        "cache).",
+        field="enabled",
+    ),
+    _cache(
+        "--cache-prefix", "VOXLINE_CACHE_PREFIX", "Key prefix of cached chunks.", field="prefix"
+    ),
+    _cache(
+        "--cache-bucket",
+        "VOXLINE_CACHE_BUCKET",
+        "Bucket for cached chunks; unset: the audio bucket.",
+        field="bucket",
+    ),
+    _cache(
+        "--cache-unseeded/--no-cache-unseeded",
+        "VOXLINE_CACHE_UNSEEDED",
+        "Also cache requests without a seed on backends that sample randomly.",
+        field="unseeded",
+    ),
+    _cache(
+        "--cache-max-bytes",
+        "VOXLINE_CACHE_MAX_BYTES",
+        "Size bound `voxline cache prune` keeps the cache under; 0: none.",
+        field="max_bytes",
+        type=click.IntRange(0),
+    ),
+)
+
+#: Usage accounting (``voxline run`` and ``voxline usage``).
+USAGE: tuple[Setting, ...] = (
+    _top(
+        "--usage-tenant-key",
+        "VOXLINE_USAGE_TENANT_KEY",
+        "Request metadata key naming the tenant usage is accounted to.",
+    ),
+    _top(
+        "--usage-max-tenants",
+        "VOXLINE_USAGE_MAX_TENANTS",
+        "Distinct tenants the usage metrics label by name; later ones are 'other'.",
+        type=click.IntRange(1),
+    ),
 )
 
 #: What ``voxline run`` takes after KAFKA, in the order ``--help`` lists it.
@@ -312,7 +362,7 @@ RUN: tuple[Setting, ...] = (
     ),
 )
 
-_BY_NAME: Mapping[str, Setting] = {s.name: s for s in (*KAFKA, *RUN)}
+_BY_NAME: Mapping[str, Setting] = {s.name: s for s in (*KAFKA, *RUN, *CACHE, *USAGE)}
 
 
 def options(*groups: Iterable[Setting]) -> list[click.Parameter]:
@@ -333,6 +383,7 @@ def settings_from_options(values: Mapping[str, Any]) -> Settings:
     return Settings(
         kafka=KafkaSettings(**kwargs["kafka"]),
         store=StoreSettings(**kwargs["store"]),
+        cache=CacheSettings(**kwargs["cache"]),
         backends=backends,
         **kwargs["settings"],
     )

@@ -182,6 +182,10 @@ def test_all_families_are_exposed_with_their_types() -> None:
         "voxline_records_given_up": "counter",
         "voxline_consumer_errors": "counter",
         "voxline_stage_seconds": "histogram",
+        "voxline_usage_characters": "counter",
+        "voxline_usage_audio_seconds": "counter",
+        "voxline_usage_backend_seconds": "counter",
+        "voxline_cache": "counter",
     }
 
 

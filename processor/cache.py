@@ -1,0 +1,151 @@
+"""The chunk cache: a chunk's audio looked up by :mod:`processor.cache_key` before the backend
+is called, and written after.
+
+Rules (README, "Chunk cache"):
+
+- ``cache: "use"`` (the default) looks up, then synthesizes and writes on a miss;
+  ``"refresh"`` synthesizes and overwrites; ``"bypass"`` neither reads nor writes.
+- An object's metadata carries the SHA-256 and length of its bytes; an object that does not
+  match (corrupt, truncated) or is not a WAV is ignored, counted, and rewritten.
+- A store that fails or is slower than ``lookup_timeout_s`` makes the lookup a miss, never a
+  hold; a failed write is logged and counted, never fatal.
+- Identical chunks in flight at the same time in this process are synthesized once
+  (single-flight): the others wait for the first and share its audio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import structlog
+
+from processor.audio import wav_info
+from processor.backends.base import Audio, Utterance
+from processor.cache_key import cacheable, chunk_key, object_name
+from processor.cache_store import CacheStore, S3CacheStore
+from processor.config import BackendConfig
+from processor.observability import Metrics
+from processor.settings import CacheSettings, Settings
+
+log = structlog.get_logger("voxline.cache")
+
+MODES = ("use", "refresh", "bypass")
+#: Seconds a cache write may take; past it the write is abandoned (and counted as failed).
+WRITE_TIMEOUT_S = 10.0
+
+
+def audio_of(data: bytes) -> Audio:
+    """A cached chunk's WAV bytes as ``Audio`` (``ValueError`` when it is no WAV)."""
+    info = wav_info(data)
+    return Audio(data, "wav", info.sample_rate, info.channels, info.duration_ms)
+
+
+def checked(data: bytes, metadata: dict[str, str]) -> Audio | None:
+    """The object's audio if its bytes match the integrity metadata, else None."""
+    if metadata.get("bytes") != str(len(data)):
+        return None
+    if metadata.get("sha256") != hashlib.sha256(data).hexdigest():
+        return None
+    try:
+        return audio_of(data)
+    except ValueError:
+        return None
+
+
+class ChunkCache:
+    def __init__(self, store: CacheStore, settings: CacheSettings, metrics: Metrics) -> None:
+        self.store = store
+        self.settings = settings
+        self.metrics = metrics
+        self._flights: dict[str, asyncio.Future[Audio]] = {}
+
+    def key(self, conf: BackendConfig, call: Utterance, mode: str) -> str | None:
+        """The object name of ``call``'s chunk, or None when the cache must not serve it."""
+        if mode == "bypass" or not cacheable(conf, call, unseeded=self.settings.unseeded):
+            self.metrics.cache("lookup", "uncacheable" if mode != "bypass" else "bypass")
+            return None
+        return object_name(self.settings.prefix, chunk_key(conf, call))
+
+    async def through(
+        self, key: str, mode: str, make: Callable[[], Awaitable[Audio]]
+    ) -> tuple[Audio, bool]:
+        """The chunk's audio and whether it came without a backend call (a hit, or another
+        task's call for the same chunk)."""
+        if mode == "refresh":
+            audio = await make()
+            await self.write(key, audio)
+            return audio, False
+        while (flight := self._flights.get(key)) is not None:
+            await asyncio.wait({flight})
+            if not flight.cancelled():
+                self.metrics.cache("lookup", "shared")
+                return flight.result(), True
+            # The first caller failed or was cancelled: the next one tries itself.
+        mine: asyncio.Future[Audio] = asyncio.get_running_loop().create_future()
+        self._flights[key] = mine
+        try:
+            hit = await self.lookup(key)
+            if hit is not None:
+                mine.set_result(hit)
+                return hit, True
+            audio = await make()
+            mine.set_result(audio)
+            await self.write(key, audio)
+            return audio, False
+        finally:
+            if not mine.done():
+                mine.cancel()  # the waiters try on their own; no exception left unretrieved
+            if self._flights.get(key) is mine:
+                del self._flights[key]
+
+    async def lookup(self, key: str) -> Audio | None:
+        """The cached chunk, or None: missing, corrupt, or the store failing or slow."""
+        try:
+            found = await asyncio.wait_for(self.store.read(key), self.settings.lookup_timeout_s)
+        except Exception as exc:  # any store trouble is a miss, never a hold
+            self.metrics.cache("lookup", "error")
+            log.warning("cache lookup failed; a miss", key=key, error=repr(exc))
+            return None
+        if found is None:
+            self.metrics.cache("lookup", "miss")
+            return None
+        data, metadata = found
+        audio = checked(data, dict(metadata))
+        if audio is None:
+            self.metrics.cache("lookup", "corrupt")
+            log.warning("cache object fails its integrity check; ignored", key=key)
+            return None
+        self.metrics.cache("lookup", "hit")
+        return audio
+
+    async def write(self, key: str, audio: Audio) -> None:
+        """Store the chunk with its integrity metadata; a failure is logged and counted."""
+        metadata = {"sha256": hashlib.sha256(audio.data).hexdigest(), "bytes": str(len(audio.data))}
+        try:
+            await asyncio.wait_for(self.store.write(key, audio.data, metadata), WRITE_TIMEOUT_S)
+        except Exception as exc:
+            self.metrics.cache("write", "failed")
+            log.warning("cache write failed", key=key, error=repr(exc))
+            return
+        self.metrics.cache("write", "ok")
+
+
+@contextlib.asynccontextmanager
+async def open_cache(settings: Settings, metrics: Metrics) -> AsyncIterator[ChunkCache | None]:
+    """The chunk cache the settings ask for (None when it is off), open for the block."""
+    conf = settings.cache
+    if not conf.enabled:
+        yield None
+        return
+    store = S3CacheStore(
+        conf.bucket or settings.store.bucket,
+        conf.prefix,
+        endpoint_url=settings.store.endpoint_url,
+        region=settings.store.region,
+        max_connections=max(16, settings.backends.record_window),
+    )
+    async with store:
+        yield ChunkCache(store, conf, metrics)
