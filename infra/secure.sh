@@ -87,6 +87,8 @@ make_secrets() {
         for u in "${USERS[@]}"; do
             echo "SECURE_${u^^}_PASSWORD=$(head -c 18 /dev/urandom | base64 | tr '+/' 'xy')"
         done >"$tmp"
+        echo "SECURE_S3_ACCESS_KEY=voxline-tls" >>"$tmp"
+        echo "SECURE_S3_SECRET_KEY=$(head -c 18 /dev/urandom | base64 | tr '+/' 'xy')" >>"$tmp"
     )
     mv "$tmp" "$SECRETS"
 }
@@ -184,6 +186,8 @@ start_s3() {
     command -v setsid >/dev/null 2>&1 && launcher=(setsid)
     (
         cd "$SDIR"
+        # weed mini makes its one S3 identity from these two variables.
+        export AWS_ACCESS_KEY_ID="$SECURE_S3_ACCESS_KEY" AWS_SECRET_ACCESS_KEY="$SECURE_S3_SECRET_KEY"
         exec "${launcher[@]}" nohup "$weed" mini -dir="$SDATA" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
             -s3.port="$S3_TLS_PORT" -s3.cert.file="$TLS/server.pem" -s3.key.file="$TLS/server.key" \
             -master.port=$((S3_TLS_PORT + 1)) -volume.port=$((S3_TLS_PORT + 2)) \
@@ -193,7 +197,8 @@ start_s3() {
     ) &
     pid=$!
     echo "$pid" >"$SPID"
-    if ! AWS_CA_BUNDLE="$TLS/ca.pem" "$(python_bin)" "$INFRA_DIR/ready.py" s3 \
+    if ! AWS_CA_BUNDLE="$TLS/ca.pem" AWS_ACCESS_KEY_ID="$SECURE_S3_ACCESS_KEY" \
+            AWS_SECRET_ACCESS_KEY="$SECURE_S3_SECRET_KEY" "$(python_bin)" "$INFRA_DIR/ready.py" s3 \
             --endpoint "https://127.0.0.1:$S3_TLS_PORT" --bucket voxline-audio --bucket voxline-refs \
             --create --timeout "$WAIT_TIMEOUT" --pid "$pid" >&2; then
         tail -n 20 "$SLOG" | cut -c1-300 >&2 || true

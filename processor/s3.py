@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Self
 
@@ -69,6 +70,43 @@ def error(
         http_status=status,
         error_type=f"s3_{code or 'error'}",
     )
+
+
+#: S3 error codes that mean the credentials are wrong (not this object, not an outage).
+BAD_CREDENTIALS = frozenset({"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken"})
+
+
+def access_failure(exc: Exception, endpoint_url: str | None) -> str | None:
+    """One line for a store that cannot be used as configured: its TLS certificate is not
+    trusted, or it refuses the credentials. None for anything else (an outage waits)."""
+    where = endpoint_url or "the AWS S3 endpoint"
+    if isinstance(exc, botocore.exceptions.SSLError):
+        bundle = os.environ.get("AWS_CA_BUNDLE")
+        trusted_by = f"AWS_CA_BUNDLE ({bundle})" if bundle else "the default CA bundle"
+        cause = str(exc.kwargs.get("error", exc))
+        reason = cause.split("certificate verify failed: ", 1)[-1].split(" (_ssl", 1)[0]
+        return f"S3 TLS failed: the certificate of {where} is not trusted by {trusted_by}: {reason}"
+    if isinstance(exc, botocore.exceptions.ClientError):
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if code in BAD_CREDENTIALS or status == 403:
+            return (
+                f"S3 refused access at {where} ({code or status}): check AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY (or the profile or role the AWS chain found) and what "
+                "they may do on the bucket"
+            )
+    return None
+
+
+async def check(endpoint_url: str | None, region: str | None, bucket: str) -> str | None:
+    """``access_failure`` of one ``head_bucket``: what a start-up can say before any record
+    is read (a record would otherwise wait for a store it can never reach)."""
+    try:
+        async with client(endpoint_url, region, max_connections=1, read_timeout=10) as s3:
+            await s3.head_bucket(Bucket=bucket)
+    except Exception as exc:
+        return access_failure(exc, endpoint_url)
+    return None
 
 
 class Connection:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
 from collections.abc import Mapping
@@ -12,6 +11,8 @@ import click
 from rich.table import Table
 
 from processor.errors import Reason
+from processor.kafka.access import needs
+from processor.ops import guard
 from processor.ops.client import DeadLetter, DeadLetterFilter, read_dead_letters, replay
 from processor.ops.display import console, progress
 from processor.ops.options import KAFKA, options, settings_from_options
@@ -65,7 +66,8 @@ def _selected(values: Mapping[str, Any]) -> list[DeadLetter]:
         until=_aware(values["until"]),
     )
     kafka = settings_from_options(values).kafka
-    return [d for d in asyncio.run(read_dead_letters(kafka)) if chosen(d)]
+    letters = guard.run(kafka, read_dead_letters(kafka), needs(kafka, dlq="READ"))
+    return [d for d in letters if chosen(d)]
 
 
 @click.group()
@@ -121,5 +123,6 @@ def dlq_replay(dry_run: bool, **values: Any) -> None:
     kafka = settings_from_options(values).kafka
     with progress() as bar:
         task = bar.add_task("replayed", total=len(letters))
-        sent = asyncio.run(replay(kafka, letters, on_sent=lambda: bar.advance(task)))
+        sending = replay(kafka, letters, on_sent=lambda: bar.advance(task))
+        sent = guard.run(kafka, sending, needs(kafka, requests="WRITE"))
     click.echo(f"replayed {sent} dead letter(s) to their original topic")

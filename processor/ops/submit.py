@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 import time
 from typing import Any, TextIO
@@ -10,6 +9,8 @@ from typing import Any, TextIO
 import click
 from rich.table import Table
 
+from processor.kafka.access import needs as needs_of
+from processor.ops import guard
 from processor.ops.client import (
     CompletionFollower,
     Outgoing,
@@ -46,7 +47,8 @@ def submit(file: TextIO, wait: bool, timeout: float, id_prefix: str | None, **va
     if not requests:
         raise click.ClickException("no requests in the input")
     kafka = settings_from_options(values).kafka
-    sys.exit(asyncio.run(_submit(kafka, requests, wait, timeout)))
+    needs = needs_of(kafka, requests="WRITE", **({"completions": "READ"} if wait else {}))
+    sys.exit(guard.run(kafka, _submit(kafka, requests, wait, timeout), needs))
 
 
 async def _submit(

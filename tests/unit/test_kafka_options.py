@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+from typing import Any
+
 import pytest
 
-from processor.kafka.options import connection_options
+from processor.kafka.options import ConnectionConfigError, connection_options
 from processor.settings import KafkaSettings
 
 
@@ -51,3 +55,34 @@ def test_the_password_is_not_in_the_settings_repr() -> None:
 def test_mistakes_are_named(settings: KafkaSettings, needle: str) -> None:
     with pytest.raises(ValueError, match=needle):
         connection_options(settings)
+
+
+@pytest.mark.parametrize(
+    ("field", "content", "needle"),
+    [
+        ("ssl_cafile", None, "KAFKA_SSL_CAFILE is '{path}': no such file"),
+        ("ssl_cafile", "not a certificate\n", "cannot be loaded (KAFKA_SSL_CAFILE={path}):"),
+        ("ssl_keyfile", "x", "KAFKA_SSL_KEYFILE needs KAFKA_SSL_CERTFILE (mutual TLS)"),
+    ],
+)
+def test_tls_file_mistakes_are_named(
+    tmp_path: Path, field: str, content: str | None, needle: str
+) -> None:
+    path = tmp_path / "file.pem"
+    if content is not None:
+        path.write_text(content)
+    given: dict[str, Any] = {field: str(path)}
+    settings = dataclasses.replace(KafkaSettings(security_protocol="SSL"), **given)
+    with pytest.raises(ConnectionConfigError) as raised:
+        connection_options(settings)
+    assert needle.format(path=path) in str(raised.value)
+
+
+def test_tls_files_are_not_read_without_tls(tmp_path: Path) -> None:
+    settings = KafkaSettings(
+        security_protocol="SASL_PLAINTEXT",
+        sasl_username="u",
+        sasl_password="p",
+        ssl_cafile=str(tmp_path / "not-there.pem"),
+    )
+    assert "ssl_context" not in connection_options(settings)

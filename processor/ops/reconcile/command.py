@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
 import re
@@ -13,7 +12,9 @@ from typing import Any
 import click
 from rich.table import Table
 
+from processor.kafka.access import needs
 from processor.kafka.options import connection_options
+from processor.ops import guard
 from processor.ops.display import console
 from processor.ops.options import KAFKA, STORE, options, settings_from_options
 from processor.ops.reconcile.accounting import Report
@@ -120,8 +121,10 @@ def reconcile_command(
         connection_options(kafka)  # settings that cannot work (e.g. SASL without a user)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
-    report = asyncio.run(
-        reconcile(kafka, store, since=since, verify_content=verify_content, sample=sample)
+    report = guard.run(
+        kafka,
+        reconcile(kafka, store, since=since, verify_content=verify_content, sample=sample),
+        needs(kafka, requests="READ", completions="READ", dlq="READ"),
     )
     if as_json:
         click.echo(json.dumps(report.to_json()))
