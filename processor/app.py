@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Mapping
 
 import structlog
 
+from processor.admission import Admission, shares
 from processor.backends.base import Backend, ReferenceLoader
 from processor.backends.registry import build as build_backend
 from processor.breaker import Breaker, BreakerConfig
@@ -86,6 +87,13 @@ def build_routes(
     }
 
 
+def admission(conf: BackendsConfig) -> Admission:
+    """Each backend's share of the record window (isolation: one backend's trouble holds
+    only its own share)."""
+    windows = {name: b.max_in_flight for name, b in conf.backends.items()}
+    return Admission(shares(conf.record_window, windows), conf.default)
+
+
 def reference_loader(settings: Settings) -> S3ReferenceLoader:
     refs = settings.backends.references
     return S3ReferenceLoader(
@@ -145,6 +153,7 @@ class App:
                 window=conf.record_window,
                 metrics=self.metrics,
                 health=self.health,
+                admission=admission(conf),
             )
             if self._stop.is_set():
                 self.runner.stop()

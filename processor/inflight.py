@@ -59,9 +59,13 @@ class InFlight:
         self.metrics.skipped(tp.topic)
         log.debug("skipped, already done", partition=str(tp), offset=item.offset)
 
-    def start(self, tp: TopicPartition, item: Fetched, verdict: Verdict) -> None:
+    def start(
+        self, tp: TopicPartition, item: Fetched, verdict: Verdict, *, registered: bool = False
+    ) -> asyncio.Task[None]:
+        """Run ``item``; ``registered``: the runner already started it in the tracker."""
         self.metrics.record_in(tp.topic)
-        self.tracker.start(tp, item.offset)
+        if not registered:
+            self.tracker.start(tp, item.offset)
         if isinstance(item, Unreadable):
             work = self._unreadable(tp, item)
         elif verdict is Verdict.GIVE_UP:
@@ -73,6 +77,7 @@ class InFlight:
         if verdict is Verdict.SOLO:
             self.solo = task
         task.add_done_callback(self._done)
+        return task
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self.tasks.pop(task, None)

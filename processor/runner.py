@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Iterable
 from typing import TypeVar
 
 import structlog
 
+from processor.admission import UNROUTED, Admission
 from processor.inflight import Handler, InFlight
 from processor.kafka.consumer import (
     Committed,
@@ -40,6 +42,9 @@ log = structlog.get_logger("voxline.runner")
 RESERVE_AHEAD = 4
 
 _T = TypeVar("_T")
+#: A record fetched and not started: its partition, the record, the backend (share) it waits
+#: for, and its verdict once registered in the tracker (None before).
+Held = tuple[TopicPartition, Fetched, str, Verdict | None]
 #: The longest one commit (or metadata read, or close) may take.
 COMMIT_TIMEOUT_S = 5.0
 #: Commits go out at least this often while work finishes (in the background): what a
@@ -59,6 +64,7 @@ class Runner:
         window: int,
         metrics: Metrics | None = None,
         health: Health | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self.settings = settings
         self.pipeline = pipeline
@@ -69,12 +75,15 @@ class Runner:
         self.window = window
         self.tracker = OffsetTracker()
         self.work = InFlight(pipeline, self.tracker, self.metrics)
+        #: Each backend's share of the window (none by default: one shared window).
+        self.admission = admission or Admission({}, "")
         #: Seconds one broker call may hold the loop.
         self.bound = min(
             COMMIT_TIMEOUT_S, 4 * settings.commit_interval_s, settings.drain_timeout_s / 4
         )
-        #: Fetched, not started yet: behind a record that must run alone, or not inherited.
-        self._held: deque[tuple[TopicPartition, Fetched]] = deque()
+        #: Fetched, not started yet (with the backend each will call): behind a record that
+        #: must run alone, not inherited, or its backend's share is full.
+        self._held: deque[Held] = deque()
         self._revoking: set[TopicPartition] = set()
         self._stopping = asyncio.Event()
         self._stop_at = 0.0
@@ -126,7 +135,7 @@ class Runner:
             self.health.assigned(len(self.consumer.assignment()), now)
             self.metrics.records_in_flight(len(self.work))
             self.work.freed.clear()
-            free = self.window - len(self.work) - len(self._held)
+            free = self.window - len(self.work) - self._startable()
             self._pause(everything=free <= 0)
             try:
                 # Full: keep polling so the group sees us alive; paused partitions return nothing.
@@ -140,9 +149,9 @@ class Runner:
                 await self._sleep(min(5.0, 0.1 * 2**failures))
                 continue
             for tp, items in batch.items():
-                self._held.extend((tp, item) for item in items)
-            await self._admit()
-            if self._held or len(self.work) >= self.window:
+                self._held.extend((tp, it, self.admission.route(it), None) for it in items)
+            started = await self._admit()
+            if not started and (self._held or len(self.work) >= self.window):
                 await self._sleep(0.2, self.work.freed)
             if time.monotonic() - last_commit >= every:
                 if self._committer is None or self._committer.done():
@@ -156,15 +165,22 @@ class Runner:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), timeout=seconds)
 
+    def _startable(self) -> int:
+        """Held records whose backend has room in its share (the others wait for it)."""
+        return sum(1 for _, _, backend, _ in self._held if self.admission.has_room(backend))
+
     def _pause(self, *, everything: bool) -> None:
         """Pause all partitions when the window is full, else those whose uncommitted gap
-        reached the cap (it bounds what a crash makes us redo); resume the rest."""
+        (records held for a busy backend included) reached the cap: it bounds what a crash
+        makes us redo, and it is the only pause one backend's trouble causes the partitions
+        that feed the others. Resume the rest."""
         assigned = self.consumer.assignment()
         cap = self.settings.max_uncommitted
+        held = Counter(tp for tp, _, _, verdict in self._held if verdict is None)
         wanted = (
             set(assigned)
             if everything
-            else {tp for tp in assigned if self.tracker.pending_gap(tp) >= cap}
+            else {tp for tp in assigned if self.tracker.pending_gap(tp) + held[tp] >= cap}
         )
         paused = self.consumer.paused()
         if wanted - paused:
@@ -174,41 +190,63 @@ class Runner:
 
     # -- admission: what to do with each record read ---------------------------------------
 
-    async def _admit(self) -> None:
-        """Start held records in order: skip those finished before, run alone one that was
-        in flight when processes died, give up on one that died with them too often."""
+    async def _admit(self) -> int:
+        """Start held records in order, each once its backend has room in its share (a record
+        waits behind an earlier one of its key): skip those finished before, run alone one
+        that was in flight when processes died, give up on one that died with them too often.
+        Every record passed is registered in the tracker in offset order, started or left
+        waiting, so no commit passes one that waits. Returns how many records moved on."""
         assigned = self.consumer.assignment() - self._revoking
         if any(not self.tracker.is_inherited(tp) for tp in assigned):
             await self._inherit(assigned)
-        ready: list[tuple[TopicPartition, Fetched, Verdict]] = []
-        work, runs = self.work, 0
-        while self._held and work.solo is None and len(work) + runs < self.window:
-            tp, item = self._held[0]
+        ready: list[tuple[TopicPartition, Fetched, Verdict, str]] = []
+        kept: deque[Held] = deque()
+        waiting: set[tuple[TopicPartition, bytes | None]] = set()
+        work, tracker, admission, skipped = self.work, self.tracker, self.admission, 0
+        while self._held and work.solo is None and len(work) + len(ready) < self.window:
+            entry = self._held.popleft()
+            tp, item, backend, verdict = entry
             if tp not in assigned:  # revoked: the new owner reads it
-                self._held.popleft()
                 continue
-            if not self.tracker.is_inherited(tp):
-                break
-            verdict = self.tracker.verdict(tp, item.offset)
-            if isinstance(item, Unreadable) and verdict is not Verdict.SKIP:
-                verdict = Verdict.RUN  # dead-lettered either way
-            if verdict is Verdict.SOLO and (work.tasks or runs):
-                break
-            self._held.popleft()
-            ready.append((tp, item, verdict))
-            runs += verdict is not Verdict.SKIP
-            if verdict is Verdict.SOLO:
-                break
-        if not ready:
-            return
-        if await self._write_ahead(ready):
-            for tp, item, verdict in ready:  # in offset order, skipped ones too
+            if not tracker.is_inherited(tp):
+                kept.append(entry)
+                continue
+            if verdict is None:
+                verdict = tracker.verdict(tp, item.offset)
+                if isinstance(item, Unreadable) and verdict is not Verdict.SKIP:
+                    verdict = Verdict.RUN  # dead-lettered either way
                 if verdict is Verdict.SKIP:
                     work.skip(tp, item)
-                else:
-                    work.start(tp, item, verdict)
-        else:
-            self._held.extendleft((tp, item) for tp, item, _ in reversed(ready))
+                    skipped += 1
+                    continue
+            if verdict is Verdict.SOLO and (work.tasks or ready):
+                kept.append(entry)
+                break
+            if entry[3] is None:
+                tracker.start(tp, item.offset)
+            key = (tp, _key(item))
+            share = backend if verdict is not Verdict.GIVE_UP else UNROUTED
+            if key in waiting or not admission.has_room(share):
+                kept.append((tp, item, backend, verdict))
+                waiting.add(key)
+                continue
+            ready.append((tp, item, verdict, share))
+            admission.take(share)
+            if verdict is Verdict.SOLO:
+                break
+        kept.extend(self._held)
+        self._held = kept
+        if not ready:
+            return skipped
+        if await self._write_ahead([(tp, item, verdict) for tp, item, verdict, _ in ready]):
+            for tp, item, verdict, share in ready:
+                task = work.start(tp, item, verdict, registered=True)
+                task.add_done_callback(functools.partial(_give, admission, share))
+            return skipped + len(ready)
+        for tp, item, verdict, share in reversed(ready):
+            admission.give(share)
+            self._held.appendleft((tp, item, share, verdict))
+        return skipped
 
     async def _inherit(self, assigned: set[TopicPartition]) -> None:
         """Read what the broker holds for newly assigned partitions, metadata included."""
@@ -341,3 +379,12 @@ class Runner:
         finally:
             self._revoking -= gone
         log.info("partitions revoked", partitions=sorted(str(tp) for tp in revoked))
+
+
+def _give(admission: Admission, backend: str, _: object) -> None:
+    admission.give(backend)
+
+
+def _key(item: Fetched) -> bytes | None:
+    """The record's key (its request_id): records of one key start in offset order."""
+    return (item.record if isinstance(item, Unreadable) else item).key

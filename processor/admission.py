@@ -1,0 +1,78 @@
+"""Per-backend admission to the record window: route first, then take a slot of that
+backend's share, so a backend that is down or slow holds only its own share of the records
+and the others keep theirs.
+
+Pure bookkeeping (no asyncio): the runner asks :meth:`Admission.route` for each fetched
+record, starts it only while :meth:`Admission.has_room`, and gives the slot back when the
+record ends. A record whose backend cannot be told (not JSON, an unknown backend name, a
+record the client could not read) is dead-lettered at once by the pipeline: it takes no
+share, only a place in the window.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+
+from processor.kafka.consumer import Fetched, Unreadable
+
+#: The share of records whose backend cannot be told.
+UNROUTED = ""
+
+
+def shares(window: int, windows: Mapping[str, int]) -> dict[str, int]:
+    """Each backend's share of ``window`` records, in proportion to its call window
+    (``max_in_flight``), never below that window (its calls can always be kept busy)."""
+    total = sum(windows.values()) or 1
+    return {
+        name: max(1, size, round(window * size / total)) if len(windows) > 1 else max(1, window)
+        for name, size in windows.items()
+    }
+
+
+def backend_named(value: bytes | None) -> str | None:
+    """The ``backend`` a request names (in a CloudEvent, its ``data``): ``""`` when it names
+    none, None when the value is not a JSON object (the pipeline dead-letters it)."""
+    if not value:
+        return None
+    try:
+        body = json.loads(value)
+    except (ValueError, RecursionError):
+        return None
+    if isinstance(body, dict) and isinstance(body.get("data"), dict) and "specversion" in body:
+        body = body["data"]
+    if not isinstance(body, dict):
+        return None
+    named = body.get("backend", "")
+    return named if isinstance(named, str) else None
+
+
+class Admission:
+    """Slots taken per backend; ``limits`` are the shares (:func:`shares`)."""
+
+    def __init__(self, limits: Mapping[str, int], default: str) -> None:
+        self.limits = dict(limits)
+        self.default = default
+        self.taken: dict[str, int] = dict.fromkeys(self.limits, 0)
+        self.taken[UNROUTED] = 0
+
+    def route(self, item: Fetched) -> str:
+        """The backend ``item`` will call (the default when it names none), or
+        :data:`UNROUTED`."""
+        if isinstance(item, Unreadable):
+            return UNROUTED
+        named = backend_named(item.value)
+        if named is None:
+            return UNROUTED
+        named = named or self.default
+        return named if named in self.limits else UNROUTED
+
+    def has_room(self, backend: str) -> bool:
+        limit = self.limits.get(backend)
+        return limit is None or self.taken.get(backend, 0) < limit
+
+    def take(self, backend: str) -> None:
+        self.taken[backend] = self.taken.get(backend, 0) + 1
+
+    def give(self, backend: str) -> None:
+        self.taken[backend] = max(0, self.taken.get(backend, 0) - 1)
