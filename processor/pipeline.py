@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Mapping
 
 import structlog
 
+from processor import tracing
 from processor.backends.base import CONTENT_TYPES, ReferenceLoader
 from processor.errors import InternalError, InvalidInput, Stage, VoxlineError
 from processor.events import StoredAudio, Timings, succeeded_body
@@ -91,6 +92,7 @@ class Pipeline:
         self.outcomes = Outcomes(settings, sink, self.step_policy, self.metrics)
         self._turns: dict[str, asyncio.Event] = {}
 
+    @tracing.traced_record
     async def handle(self, record: Record) -> str:
         """Process one record to its outcome; returns ``"succeeded"`` or ``"failed"``."""
         failures = 0
@@ -117,18 +119,24 @@ class Pipeline:
             record.topic, record.partition, record.offset, record.key, record.value
         )
         rlog = record_log(record, request_id)
-        await self.outcomes.failed(record, request_id, {}, error, Tally(), rlog)
+        tracing.failed(error)
+        await tracing.within(
+            "voxline.publish",
+            self.outcomes.failed(record, request_id, {}, error, Tally(), rlog),
+            producer=True,
+        )
         return "failed"
 
     async def _handle(self, record: Record) -> str:
         started = time.monotonic()
         try:
-            request = parse_request(
-                record.value,
-                max_text_chars=self.settings.max_text_chars,
-                # Room for the longest allowed text in UTF-8 plus the other fields.
-                max_record_bytes=max(256 * 1024, 4 * self.settings.max_text_chars + 65536),
-            )
+            with tracing.span("voxline.validate"):
+                request = parse_request(
+                    record.value,
+                    max_text_chars=self.settings.max_text_chars,
+                    # Room for the longest allowed text in UTF-8 plus the other fields.
+                    max_record_bytes=max(256 * 1024, 4 * self.settings.max_text_chars + 65536),
+                )
         except InvalidInput as exc:
             return await self.dead_letter(record, exc)
         self.metrics.observe_stage("decode", time.monotonic() - started)
@@ -158,8 +166,13 @@ class Pipeline:
             result = await self.synth.synthesize(route, request, tally, rlog)
             stored, store_s = await self._store(request, result)
         except VoxlineError as error:  # the one place a record's failure is routed
-            await self.outcomes.failed(
-                record, request.request_id, request.metadata, error, tally, rlog
+            tracing.failed(error)
+            await tracing.within(
+                "voxline.publish",
+                self.outcomes.failed(
+                    record, request.request_id, request.metadata, error, tally, rlog
+                ),
+                producer=True,
             )
             return "failed"
         await self._succeeded(record, request, route, result, stored, store_s, tally, started, rlog)
@@ -170,14 +183,18 @@ class Pipeline:
         digest = hashlib.sha256(audio.data).hexdigest()
         key = object_key(self.settings.store.prefix, request.request_id, audio.format)
         t0 = time.monotonic()
-        uri = await run_step(
-            lambda: self.store.put(
-                key,
-                audio.data,
-                CONTENT_TYPES.get(audio.format, "application/octet-stream"),
-                {"request_id": request.request_id, "sha256": digest},
+        uri = await tracing.within(
+            "voxline.store",
+            run_step(
+                lambda: self.store.put(
+                    key,
+                    audio.data,
+                    CONTENT_TYPES.get(audio.format, "application/octet-stream"),
+                    {"request_id": request.request_id, "sha256": digest},
+                ),
+                self.step_policy,
             ),
-            self.step_policy,
+            {"voxline.object.key": key, "voxline.object.bytes": len(audio.data)},
         )
         stored = StoredAudio(
             uri=uri,
@@ -214,7 +231,9 @@ class Pipeline:
             metadata=request.metadata,
         )
         t_pub = time.monotonic()
-        await self.outcomes.succeeded(request.request_id, body)
+        await tracing.within(
+            "voxline.publish", self.outcomes.succeeded(request.request_id, body), producer=True
+        )
         self.metrics.observe_stage("synthesize", result.seconds)
         self.metrics.observe_stage("store", store_s)
         self.metrics.observe_stage("publish", time.monotonic() - t_pub)

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 
 import structlog
 
+from processor import tracing
 from processor.audio import join_wavs, wav_info
 from processor.backends.base import Audio, ReferenceAudio, ReferenceLoader, Utterance, utterance_of
 from processor.chunking import split_text
@@ -129,7 +130,8 @@ class Synthesizer:
     ) -> list[Audio]:
         """Chunks concurrently (the gate bounds the calls); the first failure cancels the rest."""
         tasks = [
-            asyncio.create_task(self._chunk(route, call, request, tally, rlog)) for call in calls
+            tracing.chunk_task(i, self._chunk(route, call, request, tally, rlog))
+            for i, call in enumerate(calls)
         ]
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
@@ -158,7 +160,8 @@ class Synthesizer:
         async with route.gate.call(work=len(call.text)):
             tally.attempts += 1
             try:
-                return await route.backend.synthesize(call)
+                with tracing.backend_call(route.name, tally.attempts, route.gate.limit, call.text):
+                    return await route.backend.synthesize(call)
             except VoxlineError as exc:
                 tally.failed()
                 self.metrics.retry(route.name, exc.error_type)

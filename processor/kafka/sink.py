@@ -25,6 +25,7 @@ from aiokafka.errors import (
     RecordTooLargeError,
 )
 
+from processor import tracing
 from processor.errors import Permanent, Stage, Systemic, VoxlineError
 from processor.kafka.headers import Headers, header_value
 from processor.kafka.options import connection_options
@@ -137,7 +138,7 @@ class KafkaSink:
                 out.topic,
                 value=out.value,
                 key=out.key,
-                headers=out.headers,
+                headers=tracing.inject(out.headers),  # the record's trace, when on
                 timestamp_ms=out.timestamp_ms,
             )
         except KafkaError as exc:

@@ -14,9 +14,11 @@ from processor.settings import Settings
 async def serve_until_signalled(settings: Settings) -> None:
     """The processor from start-up to a drained stop on SIGTERM/SIGINT: the one call the
     command makes into the composition root."""
+    from processor import tracing
     from processor.app import run_until_signalled  # the whole processor: loaded to run it
 
-    await run_until_signalled(settings)
+    with tracing.configured():  # OTEL_* variables turn traces on
+        await run_until_signalled(settings)
 
 
 @click.command(params=options(KAFKA, RUN))
