@@ -11,10 +11,12 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	touch $@
 
-# Python deps, espeak-ng and ffmpeg (Debian) and the Kafka jars (Maven Central).
+# Python deps, espeak-ng and ffmpeg (Debian) and the Kafka jars (Maven Central); the producer
+# examples' Go modules, npm packages and Maven jars, built (infra/producers.sh).
 setup: $(VENV)/.installed
 	infra/packages.sh
 	infra/kafka.sh fetch
+	infra/producers.sh
 
 demo: setup
 	$(BIN)/voxline demo
