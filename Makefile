@@ -12,11 +12,13 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # Python deps, espeak-ng and ffmpeg (Debian) and the Kafka jars (Maven Central); the producer
-# examples' Go modules, npm packages and Maven jars, built (infra/producers.sh).
+# examples' Go modules, npm packages and Maven jars, built (infra/producers.sh); Prometheus
+# (Debian) and helm (built once from the Go module proxy) for the deploy/ checks.
 setup: $(VENV)/.installed
 	infra/packages.sh
 	infra/kafka.sh fetch
 	infra/producers.sh
+	infra/platform.sh
 
 demo: setup
 	$(BIN)/voxline demo
