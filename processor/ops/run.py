@@ -7,7 +7,8 @@ from typing import Any
 
 import click
 
-from processor.ops.options import KAFKA, RUN, options, settings_from_options
+from processor.ops import guard
+from processor.ops.options import CACHE, KAFKA, RUN, USAGE, options, settings_from_options
 from processor.settings import Settings
 
 
@@ -17,11 +18,12 @@ async def serve_until_signalled(settings: Settings) -> None:
     from processor import tracing
     from processor.app import run_until_signalled  # the whole processor: loaded to run it
 
+    await guard.processor_start(settings)  # access refused: one error line, exit 1
     with tracing.configured():  # OTEL_* variables turn traces on
         await run_until_signalled(settings)
 
 
-@click.command(params=options(KAFKA, RUN))
+@click.command(params=options(KAFKA, RUN, CACHE, USAGE))
 def run(**values: Any) -> None:
     """Run the processor until SIGTERM/SIGINT, then drain in-flight work, commit and exit 0."""
     try:

@@ -1,0 +1,104 @@
+"""The secured broker and HTTPS store of ``infra/secure.sh`` for the security tests: started
+fresh by the fixture (and stopped after), its passwords and CAs, and ``voxline`` run as an
+operator would run it, as one principal or another, configured by environment variables."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "infra" / "secure.sh"
+#: Seconds ``infra/secure.sh start`` may take: its own waits are bounded (90 s each service).
+START_TIMEOUT_S = 300
+#: Variables of the outer environment that would configure the plaintext services.
+PREFIXES = ("KAFKA_", "S3_", "AWS_", "VOXLINE_")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Secured:
+    values: dict[str, str]
+
+    def password(self, user: str) -> str:
+        return self.values[f"SECURE_{user.upper()}_PASSWORD"]
+
+    @property
+    def ca(self) -> str:
+        return self.values["SECURE_CA"]
+
+    @property
+    def other_ca(self) -> str:
+        return self.values["SECURE_OTHER_CA"]
+
+    @property
+    def secrets(self) -> list[str]:
+        """Every password and key a log line must never show."""
+        return [v for k, v in self.values.items() if k.endswith(("_PASSWORD", "_SECRET_KEY"))]
+
+    def env(self, user: str, **extra: str) -> dict[str, str]:
+        """What ``user`` runs ``voxline`` with: SCRAM-SHA-512 over TLS, the HTTPS store with
+        the test CA (``AWS_CA_BUNDLE``), debug logs; ``extra`` overrides."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith(PREFIXES)}
+        env.update(
+            KAFKA_BOOTSTRAP_SERVERS=self.values["SECURE_KAFKA_BOOTSTRAP"],
+            KAFKA_SECURITY_PROTOCOL="SASL_SSL",
+            KAFKA_SASL_MECHANISM="SCRAM-SHA-512",
+            KAFKA_SASL_USERNAME=user,
+            KAFKA_SASL_PASSWORD=self.password(user),
+            KAFKA_SSL_CAFILE=self.ca,
+            S3_ENDPOINT_URL=self.values["SECURE_S3_ENDPOINT"],
+            AWS_CA_BUNDLE=self.ca,
+            AWS_ACCESS_KEY_ID=self.values["SECURE_S3_ACCESS_KEY"],
+            AWS_SECRET_ACCESS_KEY=self.values["SECURE_S3_SECRET_KEY"],
+            AWS_REGION="us-east-1",
+            VOXLINE_HTTP_PORT="-1",
+            VOXLINE_LOG_LEVEL="debug",
+            VOXLINE_DRAIN_TIMEOUT="10",
+        )
+        env.update(extra)
+        return env
+
+
+def start() -> Iterator[Secured]:
+    """``infra/secure.sh reset`` and ``start`` (fresh state, so the fixed topics hold only
+    this run's records), the values of ``env``; ``stop`` after."""
+    subprocess.run([str(SCRIPT), "reset"], cwd=ROOT, check=False, capture_output=True)
+    started = subprocess.run(
+        [str(SCRIPT), "start"], cwd=ROOT, capture_output=True, text=True, timeout=START_TIMEOUT_S
+    )
+    if started.returncode != 0:
+        subprocess.run([str(SCRIPT), "stop"], cwd=ROOT, check=False, capture_output=True)
+        pytest.fail(f"infra/secure.sh start failed:\n{started.stdout}{started.stderr}")
+    printed = subprocess.run(
+        [str(SCRIPT), "env"], cwd=ROOT, check=True, capture_output=True, text=True
+    ).stdout
+    try:
+        yield Secured(dict(line.split("=", 1) for line in printed.split()))
+    finally:
+        subprocess.run([str(SCRIPT), "stop"], cwd=ROOT, check=False, capture_output=True)
+
+
+def voxline(
+    env: dict[str, str], *args: str, stdin: str | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """``voxline ARGS`` to its end (bounded: a hang fails the test)."""
+    return subprocess.run(
+        [sys.executable, "-m", "processor", *args],
+        cwd=ROOT,
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def last_line(text: str) -> str:
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else ""

@@ -1,0 +1,234 @@
+"""Voxline on a broker that demands SCRAM-SHA-512 over TLS and enforces ACLs, and on an S3
+store that speaks HTTPS with a private CA (``infra/secure.sh``, started fresh for this module
+and stopped after; the rest of the suite keeps the plaintext services).
+
+The whole pipeline works there (``voxline run``, ``submit --wait``, ``dlq list/replay``,
+``reconcile``) with no secret in any debug log line; a refused password, an unknown CA, a
+missing ACL and an untrusted store certificate each end the command with one ``Error:`` line
+naming the cause and exit 1; the requests-only principal cannot read completions."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka.client import AIOKafkaClient
+from aiokafka.protocol.metadata import MetadataRequest
+
+from processor.kafka.access import TOPIC_DENIED
+from processor.kafka.options import connection_options
+from processor.references import S3ReferenceLoader
+from processor.s3 import client as s3_client
+from processor.settings import KafkaSettings
+from tests.fakes.common import wav_bytes
+from tests.integration.secured import ROOT, Secured, last_line, start, voxline
+
+pytestmark = pytest.mark.integration
+
+#: What every failing command must stay within (its checks are bounded by 15 s each; the
+#: rest is Python start-up on a busy machine). A hang or a retry loop runs into it.
+FAILS_WITHIN_S = 60
+
+
+@pytest.fixture(scope="module")
+def secured() -> Iterator[Secured]:
+    yield from start()
+
+
+def _no_secret(secured: Secured, *texts: str) -> None:
+    for text in texts:
+        for secret in secured.secrets:
+            assert secret not in text, "a secret reached the output"
+
+
+def _dead_letters(secured: Secured, request_id: str) -> list[dict[str, str]]:
+    listed = voxline(secured.env("operator"), "dlq", "list", "--json", "--request-id", request_id)
+    assert listed.returncode == 0, listed.stderr
+    return [json.loads(line)["headers"] for line in listed.stdout.splitlines()]
+
+
+def test_the_pipeline_works_over_scram_tls_and_https(secured: Secured, tmp_path: Path) -> None:
+    tag = uuid.uuid4().hex[:8]
+    good, bad = f"sec-ok-{tag}", f"sec-bad-{tag}"
+    log = tmp_path / "run.log"
+    with log.open("wb") as out:
+        run = subprocess.Popen(
+            [sys.executable, "-m", "processor", "run"],
+            cwd=ROOT,
+            env=secured.env("voxline"),
+            stdout=out,
+            stderr=out,
+        )
+    outputs: list[str] = []
+    try:
+        lines = [{"request_id": good, "text": "Spoken over TLS."}, {"request_id": bad, "text": ""}]
+        sent = voxline(
+            secured.env("operator"),
+            "submit",
+            "-",
+            "--wait",
+            "--timeout",
+            "120",
+            stdin="\n".join(json.dumps(x) for x in lines) + "\n",
+            timeout=180,
+        )
+        outputs += [sent.stdout, sent.stderr]
+        assert sent.returncode == 0, sent.stdout + sent.stderr  # every request has its event
+        assert "failed: invalid_input" in sent.stdout
+
+        letters = _dead_letters(secured, bad)
+        assert [h["dlq.reason"] for h in letters] == ["invalid_input"]
+        replayed = voxline(secured.env("operator"), "dlq", "replay", "--request-id", bad)
+        outputs += [replayed.stdout, replayed.stderr]
+        assert replayed.returncode == 0, replayed.stderr
+        assert "replayed 1 dead letter(s)" in replayed.stdout
+        give_up = time.monotonic() + 90
+        while len(letters := _dead_letters(secured, bad)) < 2:  # the replay failed again
+            assert time.monotonic() < give_up, "the replayed request was not dead-lettered again"
+            assert run.poll() is None, "the processor exited"
+            time.sleep(0.5)
+        assert letters[-1]["dlq.replay_count"] == "1"
+
+        report = voxline(secured.env("operator"), "reconcile", "--json", timeout=180)
+        outputs += [report.stdout, report.stderr]
+        assert report.returncode == 0, report.stdout + report.stderr  # nothing lost or wrong
+        counts = json.loads(report.stdout)
+        assert counts["ok"] is True
+        # The audio object was read back from the HTTPS store and its sha256 checked.
+        assert (counts["succeeded"], counts["objects_downloaded"]) == (1, 1)
+        assert good not in counts["failed_ids"]
+    finally:
+        run.send_signal(signal.SIGTERM)
+        code = run.wait(timeout=60)
+    text = log.read_text()
+    assert code == 0, text[-2000:]
+    assert '"level": "debug"' in text, "the run should have logged at debug level"
+    assert '"logger": "aiokafka' in text, "the Kafka client's debug lines should be there"
+    _no_secret(secured, text, *outputs)
+
+
+def _failing_run(secured: Secured, **extra: str) -> tuple[str, str]:
+    """``voxline run`` that must fail: its last stderr line and all of its output."""
+    started = time.monotonic()
+    ran = voxline(secured.env("voxline", **extra), "run", timeout=FAILS_WITHIN_S)
+    assert ran.returncode == 1, ran.stderr[-2000:]
+    assert time.monotonic() - started < FAILS_WITHIN_S
+    _no_secret(secured, ran.stdout, ran.stderr)
+    return last_line(ran.stderr), ran.stdout + ran.stderr
+
+
+def test_a_wrong_password_is_said_in_one_line(secured: Secured) -> None:
+    line, _ = _failing_run(secured, KAFKA_SASL_PASSWORD="not-the-password")
+    assert line == (
+        f"Error: Kafka authentication failed: {secured.values['SECURE_KAFKA_BOOTSTRAP']} "
+        "refused user 'voxline' (SCRAM-SHA-512): check KAFKA_SASL_USERNAME and "
+        "KAFKA_SASL_PASSWORD (broker said: Authentication failed during authentication due to "
+        "invalid credentials with SASL mechanism SCRAM-SHA-512)"
+    )
+
+
+def test_an_unknown_ca_is_said_in_one_line(secured: Secured) -> None:
+    line, _ = _failing_run(secured, KAFKA_SSL_CAFILE=secured.other_ca)
+    assert line == (
+        f"Error: Kafka TLS failed: the certificate of {secured.values['SECURE_KAFKA_BOOTSTRAP']}"
+        f" is not trusted by KAFKA_SSL_CAFILE ({secured.other_ca}): certificate verify failed: "
+        "self-signed certificate in certificate chain"
+    )
+
+
+def test_a_missing_acl_is_said_in_one_line(secured: Secured) -> None:
+    line, _ = _failing_run(
+        secured, VOXLINE_DLQ_TOPIC="tts.denied.dlq", VOXLINE_GROUP_ID="voxline-denied"
+    )
+    assert line == (
+        "Error: Kafka authorization failed: user 'voxline' may not use topic 'tts.denied.dlq' "
+        "(the dead-letter topic; TOPIC_AUTHORIZATION_FAILED): grant it WRITE on that topic"
+    )
+
+
+def test_a_group_without_acl_is_said_in_one_line(secured: Secured) -> None:
+    line, _ = _failing_run(secured, VOXLINE_GROUP_ID="not-granted")
+    assert line == (
+        "Error: Kafka authorization failed: user 'voxline' may not use consumer group "
+        "'not-granted' (GROUP_AUTHORIZATION_FAILED): grant it READ on that group"
+    )
+
+
+def test_an_untrusted_store_certificate_is_said_in_one_line(secured: Secured) -> None:
+    line, _ = _failing_run(secured, AWS_CA_BUNDLE=secured.other_ca)
+    assert line == (
+        f"Error: S3 TLS failed: the certificate of {secured.values['SECURE_S3_ENDPOINT']} is "
+        f"not trusted by AWS_CA_BUNDLE ({secured.other_ca}): unable to get local issuer "
+        "certificate"
+    )
+
+
+def test_the_requests_only_principal_cannot_read_completions(secured: Secured) -> None:
+    env = secured.env("producer")
+    rid = f"sec-producer-{uuid.uuid4().hex[:8]}"
+    sent = voxline(env, "submit", "-", stdin=json.dumps({"request_id": rid, "text": "Hi."}))
+    assert sent.returncode == 0, sent.stderr  # it may produce requests
+    waited = voxline(env, "submit", "-", "--wait", stdin="Hello.\n", timeout=FAILS_WITHIN_S)
+    assert waited.returncode == 1
+    assert last_line(waited.stderr) == (
+        "Error: Kafka authorization failed: user 'producer' may not use topic "
+        "'tts.completions' (the completion topic; TOPIC_AUTHORIZATION_FAILED): grant it READ "
+        "on that topic"
+    )
+    listed = voxline(env, "dlq", "list", timeout=FAILS_WITHIN_S)
+    assert listed.returncode == 1
+    assert "may not use topic 'tts.requests.dlq'" in last_line(listed.stderr)
+
+
+async def _completions_error_code(secured: Secured, user: str) -> int:
+    """The broker's error code for ``tts.completions`` in a metadata answer to ``user``."""
+    kafka = KafkaSettings(
+        bootstrap_servers=secured.values["SECURE_KAFKA_BOOTSTRAP"],
+        security_protocol="SASL_SSL",
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_username=user,
+        sasl_password=secured.password(user),
+        ssl_cafile=secured.ca,
+    )
+    client = AIOKafkaClient(**connection_options(kafka))
+    try:
+        await client.bootstrap()
+        answer: Any = await client.send(
+            client.get_random_node(), MetadataRequest(["tts.completions"], False)
+        )
+    finally:
+        await client.close()
+    (topic,) = answer.topics
+    return int(topic[0])
+
+
+async def test_the_broker_itself_hides_completions_from_the_producer(secured: Secured) -> None:
+    """Not our check: the broker's own answer (the Kafka client, asked to read a topic it may
+    not see, waits in silence: which is why commands look first)."""
+    assert await _completions_error_code(secured, "producer") == TOPIC_DENIED
+    assert await _completions_error_code(secured, "operator") == 0
+
+
+async def test_references_load_over_https(
+    secured: Secured, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = secured.env("voxline")
+    for name in ("AWS_CA_BUNDLE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"):
+        monkeypatch.setenv(name, env[name])
+    endpoint = env["S3_ENDPOINT_URL"]
+    key = f"sec/{uuid.uuid4().hex[:8]}.wav"
+    wav = wav_bytes(b"\x01\x00" * 16_000, 16_000)  # 1 s at 16 kHz
+    async with s3_client(endpoint, "us-east-1") as s3:
+        await s3.put_object(Bucket="voxline-refs", Key=key, Body=wav)
+    loader = S3ReferenceLoader(endpoint, "us-east-1", allowed_buckets=frozenset({"voxline-refs"}))
+    async with loader:
+        ref = await loader.load(f"s3://voxline-refs/{key}")
+    assert (ref.sample_rate, ref.duration_ms) == (16_000, 1000)
