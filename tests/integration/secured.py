@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from processor.settings import KafkaSettings
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "infra" / "secure.sh"
 #: Seconds ``infra/secure.sh start`` may take: its own waits are bounded (90 s each service).
@@ -41,14 +43,26 @@ class Secured:
         """Every password and key a log line must never show."""
         return [v for k, v in self.values.items() if k.endswith(("_PASSWORD", "_SECRET_KEY"))]
 
+    def kafka(self, user: str) -> KafkaSettings:
+        """``user``'s connection settings (what ``env`` says to ``voxline``)."""
+        return KafkaSettings(
+            bootstrap_servers=self.values["SECURE_KAFKA_BOOTSTRAP"],
+            security_protocol="SASL_SSL",
+            sasl_mechanism="SCRAM-SHA-512",
+            sasl_username=user,
+            sasl_password=self.password(user),
+            ssl_cafile=self.ca,
+        )
+
     def env(self, user: str, **extra: str) -> dict[str, str]:
         """What ``user`` runs ``voxline`` with: SCRAM-SHA-512 over TLS, the HTTPS store with
         the test CA (``AWS_CA_BUNDLE``), debug logs; ``extra`` overrides."""
         env = {k: v for k, v in os.environ.items() if not k.startswith(PREFIXES)}
+        kafka = self.kafka(user)
         env.update(
-            KAFKA_BOOTSTRAP_SERVERS=self.values["SECURE_KAFKA_BOOTSTRAP"],
-            KAFKA_SECURITY_PROTOCOL="SASL_SSL",
-            KAFKA_SASL_MECHANISM="SCRAM-SHA-512",
+            KAFKA_BOOTSTRAP_SERVERS=kafka.bootstrap_servers,
+            KAFKA_SECURITY_PROTOCOL=kafka.security_protocol,
+            KAFKA_SASL_MECHANISM=str(kafka.sasl_mechanism),
             KAFKA_SASL_USERNAME=user,
             KAFKA_SASL_PASSWORD=self.password(user),
             KAFKA_SSL_CAFILE=self.ca,

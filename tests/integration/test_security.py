@@ -27,7 +27,6 @@ from processor.kafka.access import TOPIC_DENIED
 from processor.kafka.options import connection_options
 from processor.references import S3ReferenceLoader
 from processor.s3 import client as s3_client
-from processor.settings import KafkaSettings
 from tests.fakes.common import wav_bytes
 from tests.integration.secured import ROOT, Secured, last_line, start, voxline
 
@@ -115,60 +114,58 @@ def test_the_pipeline_works_over_scram_tls_and_https(secured: Secured, tmp_path:
     _no_secret(secured, text, *outputs)
 
 
-def _failing_run(secured: Secured, **extra: str) -> tuple[str, str]:
-    """``voxline run`` that must fail: its last stderr line and all of its output."""
+#: Each failure of ``voxline run``: the settings that cause it ({other_ca} is a CA that did
+#: not sign the servers' certificates) and the last line it must print ({kafka} and {s3} are
+#: the secured broker and store).
+FAILURES = {
+    "wrong password": (
+        {"KAFKA_SASL_PASSWORD": "not-the-password"},
+        "Error: Kafka authentication failed: {kafka} refused user 'voxline' (SCRAM-SHA-512): "
+        "check KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD (broker said: Authentication "
+        "failed during authentication due to invalid credentials with SASL mechanism "
+        "SCRAM-SHA-512)",
+    ),
+    "unknown CA": (
+        {"KAFKA_SSL_CAFILE": "{other_ca}"},
+        "Error: Kafka TLS failed: the certificate of {kafka} is not trusted by "
+        "KAFKA_SSL_CAFILE ({other_ca}): certificate verify failed: self-signed certificate "
+        "in certificate chain",
+    ),
+    "no WRITE on the dead-letter topic": (
+        {"VOXLINE_DLQ_TOPIC": "tts.denied.dlq", "VOXLINE_GROUP_ID": "voxline-denied"},
+        "Error: Kafka authorization failed: user 'voxline' may not use topic "
+        "'tts.denied.dlq' (the dead-letter topic; TOPIC_AUTHORIZATION_FAILED): grant it WRITE "
+        "on that topic",
+    ),
+    "no READ on the group": (
+        {"VOXLINE_GROUP_ID": "not-granted"},
+        "Error: Kafka authorization failed: user 'voxline' may not use consumer group "
+        "'not-granted' (GROUP_AUTHORIZATION_FAILED): grant it READ on that group",
+    ),
+    "unknown CA for the store": (
+        {"AWS_CA_BUNDLE": "{other_ca}"},
+        "Error: S3 TLS failed: the certificate of {s3} is not trusted by AWS_CA_BUNDLE "
+        "({other_ca}): unable to get local issuer certificate",
+    ),
+}
+
+
+@pytest.mark.parametrize(("settings", "expected"), FAILURES.values(), ids=FAILURES.keys())
+def test_a_failure_ends_with_one_line_naming_its_cause(
+    secured: Secured, settings: dict[str, str], expected: str
+) -> None:
+    where = {
+        "kafka": secured.values["SECURE_KAFKA_BOOTSTRAP"],
+        "s3": secured.values["SECURE_S3_ENDPOINT"],
+        "other_ca": secured.other_ca,
+    }
+    extra = {name: value.format(**where) for name, value in settings.items()}
     started = time.monotonic()
     ran = voxline(secured.env("voxline", **extra), "run", timeout=FAILS_WITHIN_S)
     assert ran.returncode == 1, ran.stderr[-2000:]
     assert time.monotonic() - started < FAILS_WITHIN_S
+    assert last_line(ran.stderr) == expected.format(**where)
     _no_secret(secured, ran.stdout, ran.stderr)
-    return last_line(ran.stderr), ran.stdout + ran.stderr
-
-
-def test_a_wrong_password_is_said_in_one_line(secured: Secured) -> None:
-    line, _ = _failing_run(secured, KAFKA_SASL_PASSWORD="not-the-password")
-    assert line == (
-        f"Error: Kafka authentication failed: {secured.values['SECURE_KAFKA_BOOTSTRAP']} "
-        "refused user 'voxline' (SCRAM-SHA-512): check KAFKA_SASL_USERNAME and "
-        "KAFKA_SASL_PASSWORD (broker said: Authentication failed during authentication due to "
-        "invalid credentials with SASL mechanism SCRAM-SHA-512)"
-    )
-
-
-def test_an_unknown_ca_is_said_in_one_line(secured: Secured) -> None:
-    line, _ = _failing_run(secured, KAFKA_SSL_CAFILE=secured.other_ca)
-    assert line == (
-        f"Error: Kafka TLS failed: the certificate of {secured.values['SECURE_KAFKA_BOOTSTRAP']}"
-        f" is not trusted by KAFKA_SSL_CAFILE ({secured.other_ca}): certificate verify failed: "
-        "self-signed certificate in certificate chain"
-    )
-
-
-def test_a_missing_acl_is_said_in_one_line(secured: Secured) -> None:
-    line, _ = _failing_run(
-        secured, VOXLINE_DLQ_TOPIC="tts.denied.dlq", VOXLINE_GROUP_ID="voxline-denied"
-    )
-    assert line == (
-        "Error: Kafka authorization failed: user 'voxline' may not use topic 'tts.denied.dlq' "
-        "(the dead-letter topic; TOPIC_AUTHORIZATION_FAILED): grant it WRITE on that topic"
-    )
-
-
-def test_a_group_without_acl_is_said_in_one_line(secured: Secured) -> None:
-    line, _ = _failing_run(secured, VOXLINE_GROUP_ID="not-granted")
-    assert line == (
-        "Error: Kafka authorization failed: user 'voxline' may not use consumer group "
-        "'not-granted' (GROUP_AUTHORIZATION_FAILED): grant it READ on that group"
-    )
-
-
-def test_an_untrusted_store_certificate_is_said_in_one_line(secured: Secured) -> None:
-    line, _ = _failing_run(secured, AWS_CA_BUNDLE=secured.other_ca)
-    assert line == (
-        f"Error: S3 TLS failed: the certificate of {secured.values['SECURE_S3_ENDPOINT']} is "
-        f"not trusted by AWS_CA_BUNDLE ({secured.other_ca}): unable to get local issuer "
-        "certificate"
-    )
 
 
 def test_the_requests_only_principal_cannot_read_completions(secured: Secured) -> None:
@@ -190,15 +187,7 @@ def test_the_requests_only_principal_cannot_read_completions(secured: Secured) -
 
 async def _completions_error_code(secured: Secured, user: str) -> int:
     """The broker's error code for ``tts.completions`` in a metadata answer to ``user``."""
-    kafka = KafkaSettings(
-        bootstrap_servers=secured.values["SECURE_KAFKA_BOOTSTRAP"],
-        security_protocol="SASL_SSL",
-        sasl_mechanism="SCRAM-SHA-512",
-        sasl_username=user,
-        sasl_password=secured.password(user),
-        ssl_cafile=secured.ca,
-    )
-    client = AIOKafkaClient(**connection_options(kafka))
+    client = AIOKafkaClient(**connection_options(secured.kafka(user)))
     try:
         await client.bootstrap()
         answer: Any = await client.send(
