@@ -10,6 +10,8 @@ the text, so head-of-line blocking shows):
               thrashes, crashes and restarts): fixed windows vs the adaptive window from 4
               (ceiling 32), while C drops to 6 and comes back to 12     (bench/shapes.py)
     backlog   100,000 requests waiting: peak RSS while draining
+    cache     a book rendered, then again with 1 % of its sentences edited, and a dead-letter
+              replay of a long chapter: backend calls and wall time   (bench/cache_scenario.py)
     peers     runs the two peers in each scenario above too (against the first overload
               shape in adaptive), with the same requests (their own consumer group and
               completion topic), window and backend, and reports Voxline/peer ratios
@@ -42,7 +44,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import report, scenarios, shapes
+from bench import cache_scenario, report, scenarios, shapes
 from bench.harness import (
     ROOT,
     Fake,
@@ -58,7 +60,7 @@ from bench.report import Row
 from bench.scenarios import JITTER_MS, LATENCY_MS
 from bench.workload import mean_text_chars, requests
 
-SCENARIOS = ("ideal", "overhead", "adaptive", "backlog", "peers")
+SCENARIOS = ("ideal", "overhead", "adaptive", "backlog", "cache", "peers")
 PARTITIONS = 8
 RESULTS = ROOT / "bench" / "results"
 
@@ -161,6 +163,7 @@ class Bench:
         schedule: Sequence[tuple[float, dict[str, Any]]] = (),
         interval: float = 1.0,
         profile_to: Path | None = None,
+        extra_env: Mapping[str, str] | None = None,
     ) -> Result:
         """One processor over ``topic`` until all ``n`` requests completed (or ``timebox_s``
         after the first completion), applying ``schedule`` (seconds after the first
@@ -184,6 +187,7 @@ class Bench:
             "VOXLINE_ADAPTIVE": "true" if adaptive else "false",
             "VOXLINE_HTTP_PORT": str(metrics_port or -1),
             "S3_PREFIX": f"bench/{self.run_id}/{scenario}/{label}/",
+            **(extra_env or {}),
         }
         changes: list[tuple[float, dict[str, Any]]] = []
         pending = list(schedule)
@@ -352,6 +356,8 @@ async def main(argv: Sequence[str] | None = None) -> int:
                 await shapes.adaptive(bench)
             if "backlog" in args.chosen:
                 await scenarios.backlog(bench)
+            if "cache" in args.chosen:
+                await cache_scenario.cache(bench)
         finally:
             if not args.keep:
                 await bench.cleanup()

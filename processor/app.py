@@ -19,6 +19,7 @@ from processor.admission import Admission, shares
 from processor.backends.base import Backend, ReferenceLoader
 from processor.backends.registry import build as build_backend
 from processor.breaker import Breaker, BreakerConfig
+from processor.cache import open_cache
 from processor.config import BackendConfig, BackendsConfig
 from processor.gate import Gate
 from processor.kafka.consumer import kafka_consumer
@@ -185,10 +186,21 @@ class App:
         )
         try:
             await sink.start()
-            async with store, reference_loader(s) as references:
+            async with (
+                store,
+                reference_loader(s) as references,
+                open_cache(s, self.metrics) as cache,
+            ):
                 routes = build_routes(s, self.metrics, {**built, **self._given}, self.health)
                 yield Pipeline(
-                    s, routes, conf.default, store, sink, self.metrics, references=references
+                    s,
+                    routes,
+                    conf.default,
+                    store,
+                    sink,
+                    self.metrics,
+                    references=references,
+                    cache=cache,
                 )
         finally:
             # Everything was drained and acknowledged before this point; a broker or backend

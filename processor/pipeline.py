@@ -22,6 +22,7 @@ import structlog
 
 from processor import tracing
 from processor.backends.base import CONTENT_TYPES, ReferenceLoader
+from processor.cache import ChunkCache
 from processor.errors import InternalError, InvalidInput, Stage, VoxlineError
 from processor.events import StoredAudio, Timings, succeeded_body
 from processor.kafka.records import Record
@@ -34,6 +35,7 @@ from processor.settings import Settings
 from processor.steps import Tally, run_step
 from processor.store import AudioStore, object_key
 from processor.synthesis import Synthesized, Synthesizer, call_fields
+from processor.usage import Usage
 
 log = structlog.get_logger("voxline.pipeline")
 
@@ -75,6 +77,7 @@ class Pipeline:
         metrics: Metrics | None = None,
         *,
         references: ReferenceLoader | None = None,
+        cache: ChunkCache | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
@@ -88,6 +91,7 @@ class Pipeline:
             references=references,
             store_policy=self.step_policy,
             metrics=self.metrics,
+            cache=cache,
         )
         self.outcomes = Outcomes(settings, sink, self.step_policy, self.metrics)
         self._turns: dict[str, asyncio.Event] = {}
@@ -161,16 +165,17 @@ class Pipeline:
     async def _process(self, record: Record, request: Request, started: float) -> str:
         rlog = record_log(record, request.request_id)
         tally = Tally()
+        usage = Usage(characters=len(request.text))
         try:
             route = self.synth.route(request)
-            result = await self.synth.synthesize(route, request, tally, rlog)
+            result = await self.synth.synthesize(route, request, tally, rlog, usage)
             stored, store_s = await self._store(request, result)
         except VoxlineError as error:  # the one place a record's failure is routed
             tracing.failed(error)
             await tracing.within(
                 "voxline.publish",
                 self.outcomes.failed(
-                    record, request.request_id, request.metadata, error, tally, rlog
+                    record, request.request_id, request.metadata, error, tally, rlog, usage
                 ),
                 producer=True,
             )
@@ -229,10 +234,15 @@ class Pipeline:
             chunks=result.chunks,
             timings=Timings(_ms(queued_s), _ms(result.seconds), _ms(store_s), _ms(total_s)),
             metadata=request.metadata,
+            usage=result.usage.as_event(),
         )
         t_pub = time.monotonic()
         await tracing.within(
-            "voxline.publish", self.outcomes.succeeded(request.request_id, body), producer=True
+            "voxline.publish",
+            self.outcomes.succeeded(
+                request.request_id, body, usage=result.usage, metadata=request.metadata
+            ),
+            producer=True,
         )
         self.metrics.observe_stage("synthesize", result.seconds)
         self.metrics.observe_stage("store", store_s)

@@ -18,6 +18,7 @@ import structlog
 from processor import tracing
 from processor.audio import join_wavs, wav_info
 from processor.backends.base import Audio, ReferenceAudio, ReferenceLoader, Utterance, utterance_of
+from processor.cache import ChunkCache
 from processor.chunking import split_text
 from processor.errors import Expired, InvalidInput, Stage, VoxlineError
 from processor.observability import Metrics
@@ -26,6 +27,7 @@ from processor.retry import Decision, Policy
 from processor.routes import Route
 from processor.steps import Tally, now, run_step
 from processor.transcode import transcode
+from processor.usage import Usage
 
 Logger = structlog.typing.FilteringBoundLogger
 
@@ -58,6 +60,18 @@ class Synthesized:
     audio: Audio
     chunks: int
     seconds: float
+    usage: Usage = dataclasses.field(default_factory=Usage)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Job:
+    """One record's synthesis: what every chunk of it needs."""
+
+    route: Route
+    request: Request
+    tally: Tally
+    rlog: Logger
+    usage: Usage
 
 
 class Synthesizer:
@@ -69,12 +83,14 @@ class Synthesizer:
         references: ReferenceLoader | None,
         store_policy: Policy,
         metrics: Metrics,
+        cache: ChunkCache | None = None,
     ) -> None:
         self.routes = routes
         self.default_route = default_route
         self.references = references
         self.store_policy = store_policy
         self.metrics = metrics
+        self.cache = cache
 
     def route(self, request: Request) -> Route:
         name = request.backend or self.default_route
@@ -89,9 +105,13 @@ class Synthesizer:
         return route
 
     async def synthesize(
-        self, route: Route, request: Request, tally: Tally, rlog: Logger
+        self, route: Route, request: Request, tally: Tally, rlog: Logger, usage: Usage | None = None
     ) -> Synthesized:
-        """All chunks through the backend's gate, joined in order, in the requested format."""
+        """All chunks through the backend's gate (or from the chunk cache), joined in order, in
+        the requested format; ``usage`` is counted as it goes (so a failure keeps its figures)."""
+        usage = Usage(characters=len(request.text)) if usage is None else usage
+        usage.backend = route.name
+        job = Job(route, request, tally, rlog, usage)
         check_deadline(request)
         t0 = time.monotonic()
         route.backend.check(utterance_of(request))
@@ -99,12 +119,14 @@ class Synthesizer:
         # Whitespace-only pieces carry nothing to speak (validation guarantees some text).
         texts = [t for t in split_text(request.text, route.config.text_limit) if t.strip()]
         calls = [utterance_of(request, text, reference=reference) for text in texts]
+        usage.chunks = len(calls)
         if len(calls) == 1:  # the common case: no tasks to spawn
-            parts = [await self._chunk(route, calls[0], request, tally, rlog)]
+            parts = [await self._chunk(job, calls[0])]
         else:
-            parts = await self._chunks(route, calls, request, tally, rlog)
+            parts = await self._chunks(job, calls)
         audio = await self._finish(join(parts), request, rlog)
-        return Synthesized(audio, len(parts), time.monotonic() - t0)
+        usage.audio_ms = audio.duration_ms
+        return Synthesized(audio, len(parts), time.monotonic() - t0, usage)
 
     async def _reference(
         self, request: Request, tally: Tally, rlog: Logger
@@ -125,14 +147,9 @@ class Synthesizer:
             before_wait=self._waiting(request, tally, rlog),
         )
 
-    async def _chunks(
-        self, route: Route, calls: list[Utterance], request: Request, tally: Tally, rlog: Logger
-    ) -> list[Audio]:
+    async def _chunks(self, job: Job, calls: list[Utterance]) -> list[Audio]:
         """Chunks concurrently (the gate bounds the calls); the first failure cancels the rest."""
-        tasks = [
-            tracing.chunk_task(i, self._chunk(route, call, request, tally, rlog))
-            for i, call in enumerate(calls)
-        ]
+        tasks = [tracing.chunk_task(i, self._chunk(job, call)) for i, call in enumerate(calls)]
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         finally:
@@ -145,20 +162,34 @@ class Synthesizer:
                 raise failure
         return [task.result() for task in tasks]
 
-    async def _chunk(
-        self, route: Route, call: Utterance, request: Request, tally: Tally, rlog: Logger
-    ) -> Audio:
-        """One chunk: retried on transient errors, held while the backend is down."""
+    async def _chunk(self, job: Job, call: Utterance) -> Audio:
+        """One chunk: from the cache, or made by the backend (and then cached)."""
+        cache, mode = self.cache, job.request.cache
+        key = None if cache is None else cache.key(job.route.config, call, mode)
+        if cache is None or key is None:
+            audio = await self._made(job, call)
+        else:
+            audio, hit = await cache.through(key, mode, lambda: self._made(job, call))
+            job.usage.cache_hits += hit
+        job.usage.audio_ms += audio.duration_ms
+        return audio
+
+    async def _made(self, job: Job, call: Utterance) -> Audio:
+        """One chunk by the backend: retried on transient errors, held while it is down."""
+        route = job.route
         return await run_step(
-            lambda: self._call(route, call, tally, rlog),
+            lambda: self._call(job, call),
             route.policy,
             breaker_open=lambda: route.gate.is_open,
-            before_wait=self._waiting(request, tally, rlog),
+            before_wait=self._waiting(job.request, job.tally, job.rlog),
         )
 
-    async def _call(self, route: Route, call: Utterance, tally: Tally, rlog: Logger) -> Audio:
+    async def _call(self, job: Job, call: Utterance) -> Audio:
+        route, tally, rlog = job.route, job.tally, job.rlog
         async with route.gate.call(work=len(call.text)):
             tally.attempts += 1
+            job.usage.backend_calls += 1
+            started = time.monotonic()
             try:
                 with tracing.backend_call(route.name, tally.attempts, route.gate.limit, call.text):
                     return await route.backend.synthesize(call)
@@ -174,6 +205,8 @@ class Synthesizer:
                     **call_fields(route, tally),
                 )
                 raise
+            finally:
+                job.usage.call_took(time.monotonic() - started)
 
     async def _finish(self, wav: Audio, request: Request, rlog: Logger) -> Audio:
         """The requested format and rate; the backend's WAV (already measured) if it is that."""

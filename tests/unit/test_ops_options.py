@@ -13,10 +13,12 @@ from click.testing import CliRunner
 from processor.config import single_backend
 from processor.ops.cli import main
 from processor.ops.options import (
+    CACHE,
     DEFAULT_HTTP_PORT,
     KAFKA,
     RUN,
     STORE,
+    USAGE,
     Setting,
     field_default,
     settings_from_options,
@@ -24,7 +26,7 @@ from processor.ops.options import (
 from processor.ops.run import run
 from processor.settings import KafkaSettings, Settings, StoreSettings
 
-SETTINGS = (*KAFKA, *RUN)
+SETTINGS = (*KAFKA, *RUN, *CACHE, *USAGE)
 
 
 def _options(command: click.Command) -> list[click.Option]:
