@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Makes sure the Debian packages the processor needs are installed: espeak-ng (the default TTS
-# engine) and ffmpeg (mp3/flac/opus output and resampling). Missing ones are installed with one
+# engine) and ffmpeg (mp3/flac/opus output and resampling); openssl makes the security tests'
+# certificates (infra/secure.sh). Missing ones are installed with one
 # `apt-get update` and one `apt-get install --no-install-recommends`, as root or through sudo.
 # Prints the versions, espeak-ng first (infra/up.sh reads the first line).
 # Usage: infra/packages.sh
@@ -12,8 +13,8 @@ source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
 [[ $# -eq 0 ]] || die "usage: infra/packages.sh (takes no arguments)"
 
 # command on PATH -> Debian package that provides it
-COMMANDS=(espeak-ng ffmpeg ffprobe)
-PACKAGES=(espeak-ng ffmpeg ffmpeg)
+COMMANDS=(espeak-ng ffmpeg ffprobe openssl)
+PACKAGES=(espeak-ng ffmpeg ffmpeg openssl)
 
 missing=()
 for i in "${!COMMANDS[@]}"; do
