@@ -69,7 +69,8 @@ class Outcomes:
         metadata: Mapping[str, str] | None = None,
     ) -> None:
         await self.publish(request_id, SUCCEEDED_TYPE, "succeeded", body, causation)
-        self.account(usage or Usage(), metadata or {})
+        if usage is not None:  # a caller without usage figures adds nothing to the metrics
+            self.account(usage, metadata or {})
 
     def account(self, usage: Usage, metadata: Mapping[str, str]) -> None:
         """Usage metrics for one finished record, by backend and (bounded) tenant."""
