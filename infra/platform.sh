@@ -46,7 +46,7 @@ install_prometheus() {
 install_helm() {
     if [[ ! -x "$HELM" ]]; then
         command -v go >/dev/null 2>&1 || [[ -x /usr/local/go/bin/go ]] ||
-            die "helm is built with Go (>= 1.24), which is not installed"
+            die "helm $HELM_VERSION is built with Go (>= 1.26), which is not installed"
         local go_bin started
         go_bin="$(command -v go || echo /usr/local/go/bin/go)"
         started=$(date +%s)
