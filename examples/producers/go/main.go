@@ -69,9 +69,6 @@ func run(o options) int {
 	// One client produces and consumes. Idempotent production is franz-go's default.
 	client, err := kgo.NewClient(
 		kgo.SeedBrokers(o.bootstrap),
-		// franz-go compresses with snappy by default; the processor (aiokafka) reads gzip
-		// without extra native libraries.
-		kgo.ProducerBatchCompression(kgo.GzipCompression()),
 		kgo.ConsumeTopics(o.completions),
 		// Only events written after we started: the first offset at or after this time.
 		kgo.ConsumeResetOffset(kgo.NewOffset().AfterMilli(started.UnixMilli()-1000)),
