@@ -12,9 +12,10 @@ share, only a place in the window.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from processor.kafka.consumer import Fetched, Unreadable
+from processor.parking import due_ms
 
 #: The share of records whose backend cannot be told.
 UNROUTED = ""
@@ -76,3 +77,18 @@ class Admission:
 
     def give(self, backend: str) -> None:
         self.taken[backend] = max(0, self.taken.get(backend, 0) - 1)
+
+    def giver(self, backend: str) -> Callable[[object], None]:
+        """A done-callback that gives ``backend``'s slot back."""
+        return lambda _: self.give(backend)
+
+
+def is_due(item: Fetched, now_ms: float) -> bool:
+    """Whether a record may run now: any record but a parked one not yet due."""
+    due = None if isinstance(item, Unreadable) else due_ms(item)
+    return due is None or due <= now_ms
+
+
+def key_of(item: Fetched) -> bytes | None:
+    """The record's key (its request_id): records of one key start in offset order."""
+    return (item.record if isinstance(item, Unreadable) else item).key

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import signal
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -27,7 +28,9 @@ from processor.kafka.sink import KafkaSink
 from processor.kafka.topics import ensure_topics
 from processor.limiter import AdaptiveLimit, LimiterConfig, StaticLimit
 from processor.observability import Health, Metrics, serve_http
+from processor.parking import retry_topic
 from processor.pipeline import Pipeline
+from processor.ratelimit import RateLimit
 from processor.references import S3ReferenceLoader
 from processor.routes import Route
 from processor.runner import Runner
@@ -45,7 +48,12 @@ CLOSE_MIN_S = 0.25
 BREAKER = BreakerConfig(open_for_s=1.0, max_open_for_s=5.0)
 
 
-def build_gate(conf: BackendConfig, metrics: Metrics, health: Health | None = None) -> Gate:
+def build_gate(
+    conf: BackendConfig,
+    metrics: Metrics,
+    health: Health | None = None,
+    park_after_s: float | None = None,
+) -> Gate:
     window = (
         AdaptiveLimit(
             LimiterConfig(
@@ -65,7 +73,9 @@ def build_gate(conf: BackendConfig, metrics: Metrics, health: Health | None = No
         if health is not None:
             health.set_backend_open(gate.name, gate.is_open)
 
-    gate = Gate(conf.name, window, Breaker(BREAKER), on_change=report)
+    rate = RateLimit(conf.rate) if conf.rate.enabled else None
+    gate = Gate(conf.name, window, Breaker(BREAKER), on_change=report, rate=rate)
+    gate.park_after_s = park_after_s
     report(gate)
     return gate
 
@@ -80,9 +90,12 @@ def build_routes(
     return {
         name: Route(
             backends[name],
-            build_gate(conf, metrics, health),
+            build_gate(conf, metrics, health, settings.park_after_s or None),
             conf,
-            settings.retry.policy(conf.retry_attempts, conf.retry_timeout_s),
+            dataclasses.replace(
+                settings.retry.policy(conf.retry_attempts, conf.retry_timeout_s),
+                park_after_s=settings.park_after_s or None,
+            ),
         )
         for name, conf in settings.backends.backends.items()
     }
@@ -141,9 +154,9 @@ class App:
         """Run until stopped; returns the outcome counts."""
         s = self.settings
         k = s.kafka
-        await ensure_topics(
-            k, [k.request_topic, k.completion_topic, k.dlq_topic], k.create_topics_partitions
-        )
+        topics = [k.request_topic, k.completion_topic, k.dlq_topic]
+        topics.append(retry_topic(k.request_topic, k.retry_topic))
+        await ensure_topics(k, topics, k.create_topics_partitions)
         async with self._pipeline() as pipeline, self._http():
             self.pipeline = pipeline
             conf: BackendsConfig = s.backends

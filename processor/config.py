@@ -32,6 +32,10 @@ from types import MappingProxyType
 from typing import Any
 
 from processor.backends.registry import DEFAULT_TEXT_LIMITS, KINDS
+from processor.ratelimit import RateConfig
+
+#: A backend's rate limits (``processor.ratelimit``), each a number; 0 or absent: no limit.
+RATE_KEYS = ("requests_per_s", "requests_burst", "chars_per_min", "chars_burst")
 
 _BACKEND_KEYS = {
     "kind",
@@ -47,6 +51,7 @@ _BACKEND_KEYS = {
     "retry_attempts",
     "retry_timeout_s",
     "options",
+    *RATE_KEYS,
 }
 _TOP_KEYS = {"default_backend", "backends", "references", "max_records"}
 _REFERENCE_KEYS = {"allowed_buckets", "max_bytes", "max_duration_s", "min_sample_rate"}
@@ -85,6 +90,7 @@ class BackendConfig:
     retry_attempts: int = 5
     retry_timeout_s: float = 60.0
     options: Mapping[str, Any] = dataclasses.field(default_factory=lambda: MappingProxyType({}))
+    rate: RateConfig = dataclasses.field(default_factory=RateConfig)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -226,7 +232,10 @@ def _backend(name: str, table: Any, env: Mapping[str, str], source: str) -> Back
         retry_attempts=_typed(table, "retry_attempts", int, 5, where),
         retry_timeout_s=float(_typed(table, "retry_timeout_s", (int, float), 60.0, where)),
         options=MappingProxyType(dict(options)),
+        rate=RateConfig(**{k: float(_typed(table, k, (int, float), 0, where)) for k in RATE_KEYS}),
     )
+    if min(dataclasses.astuple(cfg.rate)) < 0:
+        raise ConfigError(f"{where}: {', '.join(RATE_KEYS)} must not be negative")
     if cfg.text_limit < 1 or cfg.retry_attempts < 1 or cfg.timeout_s <= 0:
         raise ConfigError(f"{where}: text_limit, retry_attempts and timeout_s must be positive")
     return cfg

@@ -158,7 +158,7 @@ class Failure:
     http_status: int | None = None
 
 
-_DROPPED_PREFIXES = ("dlq.", "traceparent", "tracestate", "baggage")
+_DROPPED_PREFIXES = ("dlq.", "park.", "traceparent", "tracestate", "baggage")
 
 
 def replay_count(headers: RawHeaders) -> int:

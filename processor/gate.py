@@ -19,8 +19,10 @@ from collections.abc import AsyncIterator, Callable
 import structlog
 
 from processor.breaker import Breaker
-from processor.errors import Systemic, Transient, VoxlineError
+from processor.errors import Stage, Systemic, Transient, VoxlineError
 from processor.limiter import FAILURES, Limit, Outcome, Sample
+from processor.ratelimit import RateLimit
+from processor.steps import Park
 
 log = structlog.get_logger("voxline.gate")
 
@@ -122,8 +124,13 @@ class Gate:
         *,
         clock: Callable[[], float] = time.monotonic,
         on_change: Callable[[Gate], None] = lambda _: None,
+        rate: RateLimit | None = None,
     ) -> None:
         self.name = name
+        #: Requests/s and characters/min, taken before a call enters the window.
+        self.rate = rate
+        #: A call kept away by the breaker this long parks its record (None: waits on).
+        self.park_after_s: float | None = None
         self.window = limit
         self.breaker = breaker
         self.in_flight = 0
@@ -142,7 +149,9 @@ class Gate:
         return self.breaker is not None and self.breaker.state != "closed"
 
     async def _admit(self) -> bool:
-        """Wait for a slot and the breaker's leave; True if this call is a breaker probe."""
+        """Wait for a slot and the breaker's leave; True if this call is a breaker probe.
+        Raises ``Park`` once the breaker has kept it away ``park_after_s``."""
+        began = self._clock()
         async with self._changed:
             while True:
                 now = self._clock()
@@ -153,6 +162,7 @@ class Gate:
                     if self.breaker.allow(now):
                         self.in_flight += 1
                         return state != "closed"
+                    self._park_if_long(now - began)
                     # Poll: the cool-down ends by the clock, not by a notification.
                     wait = min(0.5, max(0.05, self.breaker.retry_in(now)))
                 else:
@@ -162,8 +172,19 @@ class Gate:
             self.in_flight += 1
             return False
 
+    def _park_if_long(self, waited_s: float) -> None:
+        if self.park_after_s is not None and waited_s >= self.park_after_s:
+            error = Systemic(
+                f"backend {self.name} unavailable (breaker open) for {waited_s:.0f} s",
+                stage=Stage.SYNTHESIZE,
+                error_type="breaker_open",
+            )
+            raise Park(error)
+
     @contextlib.asynccontextmanager
     async def call(self, work: float) -> AsyncIterator[Call]:
+        if self.rate is not None:
+            await self.rate.acquire(work)
         probe = await self._admit()
         started = self._clock()
         in_flight = self.in_flight
@@ -186,6 +207,8 @@ class Gate:
     ) -> None:
         now = self._clock()
         outcome = outcome_of(error)
+        if self.rate is not None and getattr(error, "http_status", None) == 429:
+            self.rate.throttled()
         sample = Sample(max(0.0, now - started), max(1.0, work), outcome, max(1, in_flight), now)
         if outcome != "error" or is_outage(error):  # a bug of ours says nothing of the server
             answered = isinstance(error, VoxlineError) and error.http_status is not None

@@ -18,6 +18,7 @@ from processor.kafka.consumer import Fetched, TopicPartition, Unreadable
 from processor.kafka.records import Record
 from processor.observability import Metrics
 from processor.offsets import OffsetTracker, Verdict
+from processor.parking import unwrap
 
 log = structlog.get_logger("voxline.runner")
 
@@ -85,7 +86,10 @@ class InFlight:
             self.solo = None
         self.freed.set()
 
-    async def _process(self, tp: TopicPartition, record: Record) -> None:
+    async def _process(self, tp: TopicPartition, fetched: Record) -> None:
+        record = unwrap(fetched)  # a parked record runs as the original it stands for
+        if record is not fetched:
+            self.metrics.released()
         try:
             outcome: str | None = await self.pipeline.handle(record)
         except asyncio.CancelledError:
@@ -95,7 +99,7 @@ class InFlight:
             message = f"{type(exc).__name__}: {exc}"[:1000]
             error = InternalError(message, stage=Stage.DECODE, error_type="handle_raised")
             outcome = await self._dead_letter(record, error)
-        self._finished(tp, record.offset, outcome)
+        self._finished(tp, fetched.offset, outcome)
 
     async def _give_up(self, tp: TopicPartition, record: Record) -> None:
         lives = self.tracker.lives(tp, record.offset)
@@ -106,7 +110,7 @@ class InFlight:
             stage=Stage.DECODE,
             error_type="crash_loop",
         )
-        self._finished(tp, record.offset, await self._dead_letter(record, error))
+        self._finished(tp, record.offset, await self._dead_letter(unwrap(record), error))
 
     async def _unreadable(self, tp: TopicPartition, item: Unreadable) -> None:
         log.error("unreadable record", partition=str(tp), offset=item.offset, error=item.error)

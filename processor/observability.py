@@ -131,6 +131,12 @@ class Metrics:
             "op",
             "result",
         )
+        self._parked = counter(
+            "parked_total", "Records parked on the delay topic, by the error type.", "reason"
+        )
+        self._released = counter(
+            "released_total", "Parked records read back from the delay topic when due."
+        )
 
     def _series(self, kind: Callable[..., _M]) -> Callable[..., _M]:
         """A maker of ``voxline_<name>`` series of ``kind`` on this registry."""
@@ -223,6 +229,12 @@ class Metrics:
         """A chunk cache ``op`` (lookup, write) ended with ``result`` (hit, miss, corrupt,
         error, skipped, ok, failed)."""
         self._cache.labels(op=op, result=result).inc()
+
+    def parked(self, reason: str) -> None:
+        self._parked.labels(reason=reason).inc()
+
+    def released(self) -> None:
+        self._released.inc()
 
     def render(self) -> bytes:
         """All metrics in the Prometheus text exposition format (``CONTENT_TYPE``)."""

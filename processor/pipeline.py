@@ -23,16 +23,18 @@ import structlog
 from processor import tracing
 from processor.backends.base import CONTENT_TYPES, ReferenceLoader
 from processor.cache import ChunkCache
+from processor.cloudevents_in import causation_of, open_record
 from processor.errors import InternalError, InvalidInput, Stage, VoxlineError
 from processor.events import StoredAudio, Timings, succeeded_body
 from processor.kafka.records import Record
 from processor.kafka.sink import EventSink
 from processor.observability import Metrics
 from processor.outcomes import Logger, Outcomes
+from processor.parking import Parking, resumed, retry_topic
 from processor.request import Request, parse_request, request_id_of
 from processor.routes import Route
 from processor.settings import Settings
-from processor.steps import Tally, run_step
+from processor.steps import Park, Tally, run_step
 from processor.store import AudioStore, object_key
 from processor.synthesis import Synthesized, Synthesizer, call_fields
 from processor.usage import Usage
@@ -94,6 +96,9 @@ class Pipeline:
             cache=cache,
         )
         self.outcomes = Outcomes(settings, sink, self.step_policy, self.metrics)
+        k = settings.kafka
+        parked_to = retry_topic(k.request_topic, k.retry_topic)
+        self.parking = Parking(sink, parked_to, self.step_policy, self.metrics, settings.max_parks)
         self._turns: dict[str, asyncio.Event] = {}
 
     @tracing.traced_record
@@ -136,7 +141,7 @@ class Pipeline:
         try:
             with tracing.span("voxline.validate"):
                 request = parse_request(
-                    record.value,
+                    open_record(record.headers, record.value).value,  # a CloudEvent's request
                     max_text_chars=self.settings.max_text_chars,
                     # Room for the longest allowed text in UTF-8 plus the other fields.
                     max_record_bytes=max(256 * 1024, 4 * self.settings.max_text_chars + 65536),
@@ -164,13 +169,18 @@ class Pipeline:
 
     async def _process(self, record: Record, request: Request, started: float) -> str:
         rlog = record_log(record, request.request_id)
-        tally = Tally()
+        tally = resumed(record.headers)  # attempts before earlier parks count too
         usage = Usage(characters=len(request.text))
         try:
             route = self.synth.route(request)
             result = await self.synth.synthesize(route, request, tally, rlog, usage)
             stored, store_s = await self._store(request, result)
-        except VoxlineError as error:  # the one place a record's failure is routed
+        except (Park, VoxlineError) as caught:  # the one place a record's failure is routed
+            error = caught if isinstance(caught, VoxlineError) else None
+            if isinstance(caught, Park):  # to the delay topic; an error if it cannot go
+                error = await self.parking.park(record, request, tally, caught, rlog)
+            if error is None:
+                return "parked"
             tracing.failed(error)
             await tracing.within(
                 "voxline.publish",
@@ -237,10 +247,11 @@ class Pipeline:
             usage=result.usage.as_event(),
         )
         t_pub = time.monotonic()
+        causation = causation_of(record.headers, record.value)
         await tracing.within(
             "voxline.publish",
             self.outcomes.succeeded(
-                request.request_id, body, usage=result.usage, metadata=request.metadata
+                request.request_id, body, causation, result.usage, request.metadata
             ),
             producer=True,
         )

@@ -52,6 +52,9 @@ class Policy:
     backoff_s: tuple[float, float] = (0.5, 10.0)
     #: A hold's pacing: the first wait (each further hold waits one step more), and the most.
     hold_s: tuple[float, float] = (HOLD_STEP_S, 30.0)
+    #: Hold at most this long in memory (in all, or told to wait this long by a Retry-After),
+    #: then park on the delay topic (``processor.parking``); None: hold as long as it takes.
+    park_after_s: float | None = None
 
 
 class Attempts(NamedTuple):

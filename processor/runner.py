@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Iterable
@@ -19,7 +18,7 @@ from typing import TypeVar
 
 import structlog
 
-from processor.admission import UNROUTED, Admission
+from processor.admission import UNROUTED, Admission, is_due, key_of
 from processor.inflight import Handler, InFlight
 from processor.kafka.consumer import (
     Committed,
@@ -31,6 +30,7 @@ from processor.kafka.consumer import (
 )
 from processor.observability import Health, Metrics
 from processor.offsets import OffsetTracker, Verdict
+from processor.parking import retry_topic
 from processor.settings import Settings
 
 log = structlog.get_logger("voxline.runner")
@@ -110,7 +110,9 @@ class Runner:
     async def run(self, *, ready: asyncio.Event | None = None) -> None:
         await self.consumer.start()
         try:
-            self.consumer.subscribe([self.settings.kafka.request_topic], self)
+            k = self.settings.kafka
+            topics = [k.request_topic, retry_topic(k.request_topic, k.retry_topic)]
+            self.consumer.subscribe(topics, self)
             if ready is not None:
                 ready.set()
             await self._loop()
@@ -166,8 +168,9 @@ class Runner:
             await asyncio.wait_for(event.wait(), timeout=seconds)
 
     def _startable(self) -> int:
-        """Held records whose backend has room in its share (the others wait for it)."""
-        return sum(1 for _, _, backend, _ in self._held if self.admission.has_room(backend))
+        """Held records due whose backend has room in its share (the others wait)."""
+        now_ms, room = time.time() * 1000, self.admission.has_room
+        return sum(1 for _, item, b, _ in self._held if room(b) and is_due(item, now_ms))
 
     def _pause(self, *, everything: bool) -> None:
         """Pause all partitions when the window is full, else those whose uncommitted gap
@@ -203,6 +206,7 @@ class Runner:
         kept: deque[Held] = deque()
         waiting: set[tuple[TopicPartition, bytes | None]] = set()
         work, tracker, admission, skipped = self.work, self.tracker, self.admission, 0
+        now_ms = time.time() * 1000
         while self._held and work.solo is None and len(work) + len(ready) < self.window:
             entry = self._held.popleft()
             tp, item, backend, verdict = entry
@@ -224,9 +228,9 @@ class Runner:
                 break
             if entry[3] is None:
                 tracker.start(tp, item.offset)
-            key = (tp, _key(item))
+            key = (tp, key_of(item))
             share = backend if verdict is not Verdict.GIVE_UP else UNROUTED
-            if key in waiting or not admission.has_room(share):
+            if key in waiting or not admission.has_room(share) or not is_due(item, now_ms):
                 kept.append((tp, item, backend, verdict))
                 waiting.add(key)
                 continue
@@ -241,7 +245,7 @@ class Runner:
         if await self._write_ahead([(tp, item, verdict) for tp, item, verdict, _ in ready]):
             for tp, item, verdict, share in ready:
                 task = work.start(tp, item, verdict, registered=True)
-                task.add_done_callback(functools.partial(_give, admission, share))
+                task.add_done_callback(admission.giver(share))
             return skipped + len(ready)
         for tp, item, verdict, share in reversed(ready):
             admission.give(share)
@@ -379,12 +383,3 @@ class Runner:
         finally:
             self._revoking -= gone
         log.info("partitions revoked", partitions=sorted(str(tp) for tp in revoked))
-
-
-def _give(admission: Admission, backend: str, _: object) -> None:
-    admission.give(backend)
-
-
-def _key(item: Fetched) -> bytes | None:
-    """The record's key (its request_id): records of one key start in offset order."""
-    return (item.record if isinstance(item, Unreadable) else item).key

@@ -18,6 +18,8 @@ class KafkaSettings:
     request_topic: str = "tts.requests"
     completion_topic: str = "tts.completions"
     dlq_topic: str = "tts.requests.dlq"
+    #: The delay topic for parked records; empty: the request topic's name plus ``.retry``.
+    retry_topic: str = ""
     #: Create missing topics at start-up with this many partitions (0: never create).
     create_topics_partitions: int = 4
     client_id: str = dataclasses.field(default_factory=lambda: f"voxline-{socket.gethostname()}")
@@ -92,6 +94,11 @@ class Settings:
     #: what a crash makes us redo when one slow record holds the commit back.
     max_uncommitted: int = 1000
     max_text_chars: int = 20_000
+    #: Seconds a record may hold in memory for a backend that cannot take it (breaker open, a
+    #: long Retry-After) before it is parked on the retry topic; 0: never park.
+    park_after_s: float = 10.0
+    #: Parks of one record before it is dead-lettered ``retries_exhausted``.
+    max_parks: int = 20
     #: Seconds to let in-flight work finish on SIGTERM or when partitions are revoked.
     drain_timeout_s: float = 20.0
     commit_interval_s: float = 0.5

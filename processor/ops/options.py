@@ -108,6 +108,8 @@ def _setting(
 
 
 _kafka = functools.partial(_setting, KafkaSettings)
+_SECONDS, _COUNT = click.FloatRange(0), click.IntRange(0)
+PARK_HELP = "Seconds a record may wait for its backend before it is parked; 0: never park."
 _store = functools.partial(_setting, StoreSettings)
 _top = functools.partial(_setting, Settings)
 _backend = functools.partial(_setting, BackendConfig)
@@ -157,6 +159,7 @@ KAFKA: tuple[Setting, ...] = (
     _kafka("--ssl-certfile", "KAFKA_SSL_CERTFILE", "Client cert (mTLS)."),
     _kafka("--ssl-keyfile", "KAFKA_SSL_KEYFILE", "Client key (mTLS)."),
     _kafka("--dlq-topic", "VOXLINE_DLQ_TOPIC", "Dead-letter topic."),
+    _kafka("--retry-topic", "VOXLINE_RETRY_TOPIC", "Delay topic (default: request topic.retry)."),
 )
 
 STORE: tuple[Setting, ...] = (
@@ -279,6 +282,8 @@ RUN: tuple[Setting, ...] = (
         "(at least 32).",
         type=click.IntRange(0),
     ),
+    _top("--park-after", "VOXLINE_PARK_AFTER", PARK_HELP, field="park_after_s", type=_SECONDS),
+    _top("--max-parks", "VOXLINE_MAX_PARKS", "Parks before retries_exhausted.", type=_COUNT),
     _top(
         "--max-uncommitted",
         "VOXLINE_MAX_UNCOMMITTED",

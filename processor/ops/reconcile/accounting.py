@@ -7,6 +7,8 @@ Per request_id, the record must have ended as exactly one outcome with its evide
     failed      a dead letter at the event's ``dead_letter`` {topic, partition, offset}, with the
                 same ``dlq.reason`` and the original coordinates of one of the id's records
     lost        no completion event at all
+    parked      no completion event yet, and a copy waits on the delay topic (pending: it
+                comes back when due and ends as one of the above; not a problem)
     conflict    both a succeeded and a failed event for a request that was sent once (a
                 request sent again, e.g. a replayed dead letter, may legitimately have both)
 
@@ -93,6 +95,8 @@ class Report:
     objects_downloaded: int = 0
     unreadable_events: int = 0
     failed_reasons: tuple[tuple[str, int], ...] = ()
+    parked: int = 0
+    parked_ids: tuple[str, ...] = ()
     lost_ids: tuple[str, ...] = ()
     duplicate_ids: tuple[str, ...] = ()
     conflict_ids: tuple[str, ...] = ()
@@ -127,6 +131,7 @@ class _Tally:
     succeeded: list[str] = dataclasses.field(default_factory=list)
     failed: list[str] = dataclasses.field(default_factory=list)
     lost: list[str] = dataclasses.field(default_factory=list)
+    parked: list[str] = dataclasses.field(default_factory=list)
     duplicates: list[str] = dataclasses.field(default_factory=list)
     duplicate_events: int = 0
     conflicts: list[str] = dataclasses.field(default_factory=list)
@@ -155,6 +160,7 @@ def account(
     since_ms: int | None = None,
     unreadable_events: int = 0,
     objects_downloaded: int = 0,
+    parked: Iterable[str] = (),
 ) -> Report:
     """The accounting check, pure. ``events`` may hold events of requests out of scope (before
     ``since``): they only vouch for their objects. Objects modified before ``since_ms`` are not
@@ -172,7 +178,11 @@ def account(
     letters = {(d.topic, d.partition, d.offset): d for d in dead_letters}
     stored = {o.key: o for o in objects}
     tally = _Tally()
+    waiting = set(parked)
     for rid, sent in records.items():
+        if rid in waiting and not by_id.get(rid):  # on the delay topic, not lost
+            tally.parked.append(rid)
+            continue
         _account_one(rid, sent, by_id.get(rid, []), letters, stored, bucket, tally)
     orphans = sorted(
         o.key
@@ -198,6 +208,8 @@ def account(
         objects_downloaded=objects_downloaded,
         unreadable_events=unreadable_events,
         failed_reasons=tuple(sorted(tally.reasons.items())),
+        parked=len(tally.parked),
+        parked_ids=tuple(sorted(tally.parked)),
         lost_ids=tuple(sorted(tally.lost)),
         duplicate_ids=tuple(sorted(tally.duplicates)),
         conflict_ids=tuple(sorted(tally.conflicts)),

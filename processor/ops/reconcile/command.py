@@ -59,6 +59,7 @@ def report_table(report: Report, show: int = DEFAULT_SHOW) -> Table:
         ("failed (dead-lettered)", report.failed, ()),
         *((f"  failed: {r}", n, ()) for r, n in report.failed_reasons),
         ("lost (no outcome)", report.lost, report.lost_ids),
+        ("parked (pending on the delay topic)", report.parked, report.parked_ids),
         ("conflicting outcomes", report.conflicts, report.conflict_ids),
         ("duplicate events", report.duplicates, report.duplicate_ids),
         ("missing objects", report.missing_objects, report.missing_object_ids),

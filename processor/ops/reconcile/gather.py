@@ -21,6 +21,7 @@ from processor.ops.reconcile.accounting import (
     StoredObject,
     account,
 )
+from processor.parking import retry_topic
 from processor.request import request_id_of
 from processor.settings import KafkaSettings, StoreSettings
 from processor.store import S3Store
@@ -150,10 +151,11 @@ async def reconcile(
     """Read the three topics and the bucket, then ``account``. ``since``: only requests whose
     record timestamp is at or after it (and objects modified since)."""
     since_ms = None if since is None else int(since.timestamp() * 1000)
-    requests, events, letters = await asyncio.gather(
+    requests, events, letters, parked = await asyncio.gather(
         read_to_end(kafka, kafka.request_topic, since_ms=since_ms),
         read_to_end(kafka, kafka.completion_topic, since_ms=since_ms),
         read_to_end(kafka, kafka.dlq_topic, since_ms=since_ms),
+        read_to_end(kafka, retry_topic(kafka.request_topic, kafka.retry_topic), since_ms=since_ms),
     )
     objects, downloaded = await list_objects(store, verify_content=verify_content, sample=sample)
     outcomes = [outcome_of(e.value) for e in events]
@@ -166,4 +168,5 @@ async def reconcile(
         since_ms=since_ms,
         unreadable_events=sum(o is None for o in outcomes),
         objects_downloaded=downloaded,
+        parked=[request_seen(r).request_id for r in parked],
     )
