@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import structlog
@@ -35,6 +36,10 @@ log = structlog.get_logger("voxline.cache")
 MODES = ("use", "refresh", "bypass")
 #: Seconds a cache write may take; past it the write is abandoned (and counted as failed).
 WRITE_TIMEOUT_S = 10.0
+#: Store failures in a row after which the cache is skipped (every lookup a miss, no writes)
+#: for ``SKIP_S`` seconds, so a store that is down costs no record a timeout per chunk.
+FAILURES_TO_SKIP = 3
+SKIP_S = 5.0
 
 
 def audio_of(data: bytes) -> Audio:
@@ -56,11 +61,28 @@ def checked(data: bytes, metadata: dict[str, str]) -> Audio | None:
 
 
 class ChunkCache:
-    def __init__(self, store: CacheStore, settings: CacheSettings, metrics: Metrics) -> None:
+    def __init__(
+        self, store: CacheStore, settings: CacheSettings, metrics: Metrics, *, slots: int = 16
+    ) -> None:
         self.store = store
         self.settings = settings
         self.metrics = metrics
         self._flights: dict[str, asyncio.Future[Audio]] = {}
+        #: Store calls at once (the client's connections): the timeouts then bound a call to
+        #: the store, not the wait for a connection behind a burst of lookups.
+        self._slots = asyncio.Semaphore(slots)
+        self._failures = 0
+        self._skip_until = 0.0
+
+    def _skipping(self) -> bool:
+        return time.monotonic() < self._skip_until
+
+    def _failed(self) -> None:
+        self._failures += 1
+        if self._failures >= FAILURES_TO_SKIP:
+            self._failures = 0
+            self._skip_until = time.monotonic() + SKIP_S
+            log.warning("chunk cache skipped: the store keeps failing", seconds=SKIP_S)
 
     def key(self, conf: BackendConfig, call: Utterance, mode: str) -> str | None:
         """The object name of ``call``'s chunk, or None when the cache must not serve it."""
@@ -103,12 +125,19 @@ class ChunkCache:
 
     async def lookup(self, key: str) -> Audio | None:
         """The cached chunk, or None: missing, corrupt, or the store failing or slow."""
-        try:
-            found = await asyncio.wait_for(self.store.read(key), self.settings.lookup_timeout_s)
-        except Exception as exc:  # any store trouble is a miss, never a hold
-            self.metrics.cache("lookup", "error")
-            log.warning("cache lookup failed; a miss", key=key, error=repr(exc))
-            return None
+        async with self._slots:
+            if self._skipping():
+                self.metrics.cache("lookup", "skipped")
+                return None
+            try:
+                read = self.store.read(key)
+                found = await asyncio.wait_for(read, self.settings.lookup_timeout_s)
+            except Exception as exc:  # any store trouble is a miss, never a hold
+                self._failed()
+                self.metrics.cache("lookup", "error")
+                log.warning("cache lookup failed; a miss", key=key, error=repr(exc))
+                return None
+        self._failures = 0
         if found is None:
             self.metrics.cache("lookup", "miss")
             return None
@@ -124,12 +153,19 @@ class ChunkCache:
     async def write(self, key: str, audio: Audio) -> None:
         """Store the chunk with its integrity metadata; a failure is logged and counted."""
         metadata = {"sha256": hashlib.sha256(audio.data).hexdigest(), "bytes": str(len(audio.data))}
-        try:
-            await asyncio.wait_for(self.store.write(key, audio.data, metadata), WRITE_TIMEOUT_S)
-        except Exception as exc:
-            self.metrics.cache("write", "failed")
-            log.warning("cache write failed", key=key, error=repr(exc))
-            return
+        async with self._slots:
+            if self._skipping():
+                self.metrics.cache("write", "skipped")
+                return
+            try:
+                put = self.store.write(key, audio.data, metadata)
+                await asyncio.wait_for(put, WRITE_TIMEOUT_S)
+            except Exception as exc:
+                self._failed()
+                self.metrics.cache("write", "failed")
+                log.warning("cache write failed", key=key, error=repr(exc))
+                return
+        self._failures = 0
         self.metrics.cache("write", "ok")
 
 
@@ -148,4 +184,4 @@ async def open_cache(settings: Settings, metrics: Metrics) -> AsyncIterator[Chun
         max_connections=max(16, settings.backends.record_window),
     )
     async with store:
-        yield ChunkCache(store, conf, metrics)
+        yield ChunkCache(store, conf, metrics, slots=max(16, settings.backends.record_window))

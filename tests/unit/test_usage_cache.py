@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from processor.backends.base import ReferenceAudio, Utterance
 from processor.breaker import Breaker, BreakerConfig
-from processor.cache import ChunkCache
+from processor.cache import FAILURES_TO_SKIP, ChunkCache
 from processor.cache_key import chunk_key, key_document
 from processor.cache_store import CachedObject
 from processor.config import BackendConfig
@@ -53,8 +53,10 @@ class MemoryCacheStore:
         self.down = False
         self.slow_s = 0.0
         self.writes = 0
+        self.reads = 0
 
     async def read(self, key: str) -> tuple[bytes, Mapping[str, str]] | None:
+        self.reads += 1
         await asyncio.sleep(self.slow_s)
         if self.down:
             raise ConnectionRefusedError("store down")
@@ -276,18 +278,35 @@ async def test_a_corrupt_or_truncated_object_is_ignored_and_rewritten() -> None:
     assert third["usage"]["backend_calls"] == 0
 
 
-async def test_a_store_down_or_slow_is_a_miss_not_a_hold() -> None:
+async def test_a_store_down_is_a_miss_and_then_skipped_for_a_while() -> None:
     world = World()
     world.cache_store.down = True
     event = await world.send()
     assert event["status"] == "succeeded"
     assert event["usage"]["cache_hits"] == 0
-    assert world.metric("voxline_cache_total", op="write", result="failed") == event["chunks"]
-    world.cache_store.down = False
+    chunks = event["chunks"]
+
+    def count(op: str, result: str) -> float:
+        return world.metric("voxline_cache_total", op=op, result=result)
+
+    assert count("lookup", "error") >= FAILURES_TO_SKIP
+    assert count("lookup", "error") + count("lookup", "skipped") == chunks
+    assert count("write", "failed") + count("write", "skipped") == chunks
+    reads, skipped = world.cache_store.reads, count("lookup", "skipped")
+    again = await world.send()  # within SKIP_S of the last failure: no store call at all
+    assert again["status"] == "succeeded"
+    assert world.cache_store.reads == reads
+    assert count("lookup", "skipped") == skipped + chunks
+
+
+async def test_a_slow_store_is_a_miss_bounded_by_the_lookup_timeout() -> None:
+    world = World()
     world.cache_store.slow_s = 5.0  # longer than lookup_timeout_s (0.2)
     started = time.monotonic()
     slow = await world.send(text="One sentence.")
     assert slow["status"] == "succeeded"
+    assert slow["usage"]["backend_calls"] == 1
+    assert world.metric("voxline_cache_total", op="lookup", result="error") == 1
     assert time.monotonic() - started < 5.0  # bounded by the lookup timeout, not the store
 
 
