@@ -18,6 +18,7 @@ import yaml
 from processor import cloudevents_in, events, request
 from processor.errors import Reason, Stage
 from processor.outcomes import TRUNCATED_HEADER
+from processor.parking import retry_topic
 from processor.settings import KafkaSettings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,12 +51,11 @@ def test_the_asyncapi_parser_finds_the_document_valid() -> None:
 
 def test_the_channels_are_the_topics_the_processor_uses() -> None:
     kafka = KafkaSettings()
-    retry = kafka.retry_topic or f"{kafka.request_topic}.retry"  # parking.retry_topic's rule
     expected = {
         "requests": kafka.request_topic,
         "completions": kafka.completion_topic,
         "deadLetters": kafka.dlq_topic,
-        "parked": retry,
+        "parked": retry_topic(kafka.request_topic, kafka.retry_topic),
     }
     channels = DOC["channels"]
     assert {name: channel["address"] for name, channel in channels.items()} == expected
