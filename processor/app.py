@@ -66,8 +66,16 @@ def build_gate(
         else StaticLimit(conf.max_in_flight)
     )
 
+    seen = [0.0, 0.0]  # the rate limit's waits and 429s already reported
+
     def report(gate: Gate) -> None:
         metrics.backend_gauges(gate.name, gate.in_flight, gate.limit)
+        if gate.rate is not None:
+            waited, throttles = gate.rate.waited_s, gate.rate.throttles
+            metrics.rate_limit(
+                gate.name, *gate.rate.effective(), waited - seen[0], int(throttles - seen[1])
+            )
+            seen[:] = [waited, throttles]
         if gate.breaker is not None:
             metrics.breaker(gate.name, gate.breaker.state)
         if health is not None:

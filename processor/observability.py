@@ -137,6 +137,18 @@ class Metrics:
         self._released = counter(
             "released_total", "Parked records read back from the delay topic when due."
         )
+        self._rate = gauge(
+            "rate_limit",
+            "A backend's rate limit in effect (after 429s), by unit.",
+            "backend",
+            "unit",
+        )
+        self._rate_waited = counter(
+            "rate_limited_seconds_total", "Seconds calls waited for a rate limit.", "backend"
+        )
+        self._throttled = counter(
+            "throttled_total", "429 answers that lowered a backend's rate limit.", "backend"
+        )
 
     def _series(self, kind: Callable[..., _M]) -> Callable[..., _M]:
         """A maker of ``voxline_<name>`` series of ``kind`` on this registry."""
@@ -235,6 +247,15 @@ class Metrics:
 
     def released(self) -> None:
         self._released.inc()
+
+    def rate_limit(
+        self, backend: str, per_s: float, chars_per_min: float, waited_s: float, throttles: int
+    ) -> None:
+        """The limits in effect, and the waits and 429s since the last report."""
+        self._rate.labels(backend=backend, unit="requests_per_s").set(per_s)
+        self._rate.labels(backend=backend, unit="chars_per_min").set(chars_per_min)
+        self._rate_waited.labels(backend=backend).inc(waited_s)
+        self._throttled.labels(backend=backend).inc(throttles)
 
     def render(self) -> bytes:
         """All metrics in the Prometheus text exposition format (``CONTENT_TYPE``)."""
