@@ -126,6 +126,22 @@ jvm() {
         -cp "$LIBS/*")
 }
 
+# provisioner: the directory of Provision.class, compiled once per version of its source
+# (kept across resets; a single-file launch would compile it on every start).
+provisioner() {
+    local src="$INFRA_DIR/secure/Provision.java" out="$STATE_DIR/secure-provision" hash javac
+    hash="$(sha256sum "$src" | cut -c1-16)"
+    if [[ ! -f "$out/$hash/Provision.class" ]]; then
+        javac="$(dirname "$(readlink -f "$(java_bin)")")/javac"
+        [[ -x "$javac" ]] || javac="$(command -v javac || true)"
+        [[ -n "$javac" ]] || die "javac not found: a JDK 17+ is needed (as for the Kafka broker)"
+        rm -rf "$out"
+        mkdir -p "$out/$hash"
+        "$javac" -cp "$LIBS/*" -d "$out/$hash" "$src" >&2 || die "compiling $src failed"
+    fi
+    echo "$out/$hash"
+}
+
 # format: the log directory, with every SCRAM user created by Kafka's own storage tool.
 format() {
     [[ -f "$KDATA/meta.properties" ]] && return 0
@@ -164,9 +180,12 @@ start_kafka() {
         tail -n 20 "$KOUT" "$KDIR/logs/server.log" 2>/dev/null | cut -c1-300 >&2 || true
         die "the secured broker did not become ready (logs in $KDIR)"
     fi
-    # Topics and ACLs, by Kafka's own Admin client (a single-file Java program).
-    "${JVM[@]}" "$INFRA_DIR/secure/Provision.java" "$ADMIN_PROPS" "$INFRA_DIR/secure/acls.spec" \
-        >"$KDIR/provision.out" 2>&1 || { cat "$KDIR/provision.out" >&2; die "provisioning topics and ACLs failed"; }
+    # Topics and ACLs, by Kafka's own Admin client.
+    local classes
+    classes="$(provisioner)"
+    "$(java_bin)" -Xmx128m -XX:+UseSerialGC -cp "$LIBS/*:$classes" Provision "$ADMIN_PROPS" \
+        "$INFRA_DIR/secure/acls.spec" >"$KDIR/provision.out" 2>&1 ||
+        { cat "$KDIR/provision.out" >&2; die "provisioning topics and ACLs failed"; }
     echo "secure kafka: started (pid $pid, SASL_SSL 127.0.0.1:$PORT): $(tail -n1 "$KDIR/provision.out")"
 }
 

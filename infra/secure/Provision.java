@@ -1,6 +1,6 @@
 // Creates the secured broker's topics and ACLs with Kafka's own Admin client (the jars the
-// broker runs from), as the super user. Run by infra/secure.sh as a single-file program:
-//   java -cp 'LIBS/*' Provision.java ADMIN_PROPERTIES SPEC
+// broker runs from), as the super user. Compiled and run by infra/secure.sh:
+//   java -cp 'LIBS/*:CLASSES' Provision ADMIN_PROPERTIES SPEC
 // SPEC lines: "topic NAME PARTITIONS" or "acl PRINCIPAL TOPIC|GROUP LITERAL|PREFIXED NAME OPERATION".
 // Safe to run again: existing topics and ACLs are left as they are.
 

@@ -15,12 +15,15 @@ from aiokafka.client import AIOKafkaClient, CoordinationType
 from aiokafka.conn import create_conn
 from aiokafka.errors import (
     GroupAuthorizationFailedError,
+    IncompatibleBrokerVersion,
     KafkaConnectionError,
     KafkaError,
     SaslAuthenticationFailed,
     TopicAuthorizationFailedError,
 )
+from aiokafka.protocol.api import Request, RequestStruct, Response
 from aiokafka.protocol.metadata import MetadataRequest
+from aiokafka.protocol.types import Array, Boolean, Int16, Int32, Schema, String
 
 from processor.kafka.options import connection_options
 from processor.settings import KafkaSettings
@@ -32,6 +35,77 @@ TOPIC_DENIED = 29
 GROUP_DENIED = 30
 #: Seconds a look at the broker may take before it is left to the clients' own errors.
 PROBE_TIMEOUT_S = 15.0
+
+
+#: Bits of Kafka's ``AclOperation`` codes in a metadata answer's authorized operations, and
+#: the value a broker sends when it did not compute them.
+OPERATION_BITS = {"READ": 1 << 3, "WRITE": 1 << 4}
+NOT_COMPUTED = -(2**31)
+
+
+class _MetadataResponseV8(Response):  # type: ignore[misc]
+    API_KEY = 3
+    API_VERSION = 8
+    SCHEMA = Schema(
+        ("throttle_time_ms", Int32),
+        (
+            "brokers",
+            Array(
+                ("node_id", Int32),
+                ("host", String("utf-8")),
+                ("port", Int32),
+                ("rack", String("utf-8")),
+            ),
+        ),
+        ("cluster_id", String("utf-8")),
+        ("controller_id", Int32),
+        (
+            "topics",
+            Array(
+                ("error_code", Int16),
+                ("topic", String("utf-8")),
+                ("is_internal", Boolean),
+                (
+                    "partitions",
+                    Array(
+                        ("error_code", Int16),
+                        ("partition", Int32),
+                        ("leader", Int32),
+                        ("leader_epoch", Int32),
+                        ("replicas", Array(Int32)),
+                        ("isr", Array(Int32)),
+                        ("offline_replicas", Array(Int32)),
+                    ),
+                ),
+                ("authorized_operations", Int32),
+            ),
+        ),
+        ("cluster_authorized_operations", Int32),
+    )
+
+
+class _MetadataRequestV8(RequestStruct):  # type: ignore[misc]
+    API_KEY = 3
+    API_VERSION = 8
+    RESPONSE_TYPE = _MetadataResponseV8
+    SCHEMA = Schema(
+        ("topics", Array(String("utf-8"))),
+        ("allow_auto_topic_creation", Boolean),
+        ("include_cluster_authorized_operations", Boolean),
+        ("include_topic_authorized_operations", Boolean),
+    )
+
+
+class AuthorizedOperations(Request[_MetadataRequestV8]):  # type: ignore[misc]
+    """Metadata (v8, KIP-430) for ``topics`` with what this principal may do on each."""
+
+    API_KEY = 3
+
+    def __init__(self, topics: list[str]) -> None:
+        self.topics = topics
+
+    def build(self, request_struct_class: type[_MetadataRequestV8]) -> _MetadataRequestV8:
+        return request_struct_class(self.topics, False, False, True)
 
 
 class AccessDenied(Exception):
@@ -73,6 +147,14 @@ def topic_denied(kafka: KafkaSettings, need: Need) -> str:
     return (
         f"Kafka authorization failed: {_user(kafka)} may not use topic {need.topic!r} "
         f"({need.role}; TOPIC_AUTHORIZATION_FAILED): grant it {need.operation} on that topic"
+    )
+
+
+def operation_denied(kafka: KafkaSettings, need: Need) -> str:
+    return (
+        f"Kafka authorization failed: {_user(kafka)} may not {need.operation} topic "
+        f"{need.topic!r} ({need.role}; its ACLs allow less): grant it {need.operation} on "
+        "that topic"
     )
 
 
@@ -198,11 +280,21 @@ async def _look(
 ) -> None:
     await client.bootstrap()
     node = client.get_random_node()
-    answer: Any = await client.send(node, MetadataRequest([n.topic for n in needs], False))
+    topics = [n.topic for n in needs]
+    try:
+        answer: Any = await client.send(node, AuthorizedOperations(topics))
+        allowed = {t[1]: t[-1] for t in answer.topics if t[0] == 0}
+    except IncompatibleBrokerVersion:  # a broker before 2.3: whether it may see them
+        answer = await client.send(node, MetadataRequest(topics, False))
+        allowed = {}
     denied = {t[1] for t in answer.topics if t[0] == TOPIC_DENIED}
     for need in needs:
         if need.topic in denied:
             raise AccessDenied(topic_denied(kafka, need))
+        ops = allowed.get(need.topic, NOT_COMPUTED)
+        bit = OPERATION_BITS.get(need.operation, 0)
+        if ops != NOT_COMPUTED and bit and not ops & bit:
+            raise AccessDenied(operation_denied(kafka, need))
     if group:
         try:
             await client.coordinator_lookup(CoordinationType.GROUP, kafka.group_id)

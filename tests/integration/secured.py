@@ -94,8 +94,11 @@ def start() -> Iterator[Secured]:
     ).stdout
     try:
         yield Secured(dict(line.split("=", 1) for line in printed.split()))
-    finally:
-        subprocess.run([str(SCRIPT), "stop"], cwd=ROOT, check=False, capture_output=True)
+    finally:  # 10 s to stop cleanly, then killed: the next start resets the state anyway
+        stop_env = {**os.environ, "STOP_TIMEOUT": "10"}
+        subprocess.run(
+            [str(SCRIPT), "stop"], cwd=ROOT, env=stop_env, check=False, capture_output=True
+        )
 
 
 def voxline(

@@ -137,6 +137,12 @@ FAILURES = {
         "'tts.denied.dlq' (the dead-letter topic; TOPIC_AUTHORIZATION_FAILED): grant it WRITE "
         "on that topic",
     ),
+    "READ instead of WRITE on the dead-letter topic": (
+        {"VOXLINE_DLQ_TOPIC": "tts.readonly.dlq", "VOXLINE_GROUP_ID": "voxline-denied"},
+        "Error: Kafka authorization failed: user 'voxline' may not WRITE topic "
+        "'tts.readonly.dlq' (the dead-letter topic; its ACLs allow less): grant it WRITE on "
+        "that topic",
+    ),
     "no READ on the group": (
         {"VOXLINE_GROUP_ID": "not-granted"},
         "Error: Kafka authorization failed: user 'voxline' may not use consumer group "
