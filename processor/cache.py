@@ -152,7 +152,13 @@ class ChunkCache:
 
     async def write(self, key: str, audio: Audio) -> None:
         """Store the chunk with its integrity metadata; a failure is logged and counted."""
-        metadata = {"sha256": hashlib.sha256(audio.data).hexdigest(), "bytes": str(len(audio.data))}
+        metadata = {
+            "sha256": hashlib.sha256(audio.data).hexdigest(),
+            "bytes": str(len(audio.data)),
+            # No quality gate checks chunks yet; one that does must not take "unchecked" for
+            # "passed" (a hit counts for the gate only if it passed when written).
+            "gate": "unchecked",
+        }
         async with self._slots:
             if self._skipping():
                 self.metrics.cache("write", "skipped")
