@@ -1,10 +1,11 @@
 """The Helm chart (deploy/helm/voxline): `helm lint` and `helm template` pass with the default
 and the test values, every rendered manifest validates against the Kubernetes schemas shipped
-by kubernetes-validate (offline, strict: no unknown field), the KEDA ScaledObject and the
-ServiceMonitor against the models generated from their CRDs (cloudcoil-models-keda and
--prometheus-operator, with no field dropped), and the chart says what the issue asks: static
-membership from the pod name, probes, secrets by reference only, no replica past the partition
-count, the lag threshold's arithmetic. helm comes from `make setup` (infra/platform.sh)."""
+by kubernetes-validate (offline, strict: no unknown field), the KEDA ScaledObject, the
+ServiceMonitor and the PrometheusRule against the models generated from their CRDs
+(cloudcoil-models-keda and -prometheus-operator, with no field dropped), and the chart says
+what the issue asks: static membership from the pod name, probes, secrets by reference only, no
+replica past the partition count, the lag threshold's arithmetic. helm comes from `make setup`
+(infra/platform.sh)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
 from cloudcoil.models.keda.v1alpha1 import ScaledObject
-from cloudcoil.models.prometheus_operator.v1 import ServiceMonitor
+from cloudcoil.models.prometheus_operator.v1 import PrometheusRule, ServiceMonitor
 from pydantic import BaseModel
 
 from processor.ops.cli import main as cli
@@ -31,6 +32,7 @@ KUBE_VERSION = "1.33.0"
 CRD_MODELS: dict[str, type[BaseModel]] = {
     "ScaledObject": ScaledObject,
     "ServiceMonitor": ServiceMonitor,
+    "PrometheusRule": PrometheusRule,
 }
 
 
@@ -165,3 +167,9 @@ def test_more_replicas_than_partitions_is_refused() -> None:
     )  # fmt: skip
     assert done.returncode != 0
     assert "autoscaling.maxReplicas (7) is above kafka.partitions (6)" in done.stderr
+
+
+def test_the_prometheus_rule_carries_the_rules_file() -> None:
+    rules = yaml.safe_load((ROOT / "deploy" / "prometheus" / "voxline-rules.yaml").read_text())
+    rendered = of_kind(render("-f", str(TEST_VALUES)), "PrometheusRule")
+    assert rendered["spec"]["groups"] == rules["groups"]
