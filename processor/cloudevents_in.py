@@ -10,8 +10,9 @@ pub/sub, Knative Eventing's KafkaSink, Argo Events) use both:
   event as JSON and the request is its ``data`` (a JSON object, a string holding JSON, or
   ``data_base64``).
 
-A record with neither is a plain request, as before. ``open_record`` hands back the request
-bytes and the ``Envelope`` (None for a plain request); a malformed envelope raises
+A record with neither (no ``ce_specversion``, ``ce_id``, ``ce_source`` or ``ce_type`` header,
+and no CloudEvents content type) is a plain request, as before. ``open_record`` hands back the
+request bytes and the ``Envelope`` (None for a plain request); a malformed envelope raises
 ``InvalidInput`` (stage ``decode``, error type ``cloudevent``) whose message names the
 attribute. The envelope's id, source and type go back out on the completion event as the
 extension attributes ``events.CAUSATION_HEADERS`` names. Pure: no client imports.
@@ -36,6 +37,10 @@ STRUCTURED_JSON = "application/cloudevents+json"
 SPECVERSION = "1.0"
 ERROR_TYPE = "cloudevent"
 REQUIRED = ("specversion", "id", "source", "type")
+
+#: Any of these makes a record a binary-mode CloudEvent (an extension header alone, such as
+#: ``ce_traceparent``, does not).
+_REQUIRED_HEADERS = frozenset(CE_PREFIX + name for name in REQUIRED)
 
 Mode = Literal["binary", "structured"]
 
@@ -67,7 +72,7 @@ def open_record(headers: RawHeaders, value: bytes | None) -> Opened:
         if content_type != STRUCTURED_JSON:
             _fail(f"header {CONTENT_TYPE}", f"{content_type!r}: only {STRUCTURED_JSON} is read")
         return _structured(value)
-    if any(name.lower().startswith(CE_PREFIX) for name, _ in headers):
+    if any(name.lower() in _REQUIRED_HEADERS for name, _ in headers):
         return _binary(headers, value, content_type)
     return Opened(value)
 

@@ -70,6 +70,22 @@ def test_a_plain_request_passes_through_unchanged() -> None:
     assert causation_of(headers, value) == []
 
 
+def test_an_extension_header_alone_does_not_make_a_cloudevent() -> None:
+    value = json.dumps(REQUEST).encode()
+    opened = open_record(
+        [("ce_traceparent", b"00-" + b"1" * 32 + b"-" + b"2" * 16 + b"-01")], value
+    )
+    assert opened.envelope is None
+    assert opened.value is value
+
+
+def test_a_content_type_with_parameters_still_means_structured_mode() -> None:
+    headers = [("content-type", b"application/cloudevents+json; charset=utf-8")]
+    opened = open_record(headers, structured())
+    assert opened.envelope is not None
+    assert opened.envelope.mode == "structured"
+
+
 def test_causation_headers_carry_the_request_events_id_source_and_type() -> None:
     headers, value = as_record(ce_kafka.to_binary_event(sdk_event()))
     got = dict(causation_of(headers, value))
