@@ -15,7 +15,8 @@ import json
 from collections.abc import Callable, Mapping
 
 from processor.kafka.consumer import Fetched, Unreadable
-from processor.parking import due_ms
+from processor.lanes import Lanes
+from processor.parking import due_ms, unwrap
 
 #: The share of records whose backend cannot be told.
 UNROUTED = ""
@@ -87,6 +88,12 @@ def is_due(item: Fetched, now_ms: float) -> bool:
     """Whether a record may run now: any record but a parked one not yet due."""
     due = None if isinstance(item, Unreadable) else due_ms(item)
     return due is None or due <= now_ms
+
+
+def lane_of(lanes: Lanes, item: Fetched) -> int:
+    """The lane priority of a fetched record (a parked one: its original topic's)."""
+    record = item.record if isinstance(item, Unreadable) else item
+    return lanes.priority(unwrap(record).topic)
 
 
 def key_of(item: Fetched) -> bytes | None:

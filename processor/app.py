@@ -26,6 +26,7 @@ from processor.gate import Gate
 from processor.kafka.consumer import kafka_consumer
 from processor.kafka.sink import KafkaSink
 from processor.kafka.topics import ensure_topics
+from processor.lanes import Lanes
 from processor.limiter import AdaptiveLimit, LimiterConfig, StaticLimit
 from processor.observability import Health, Metrics, serve_http
 from processor.parking import retry_topic
@@ -95,18 +96,15 @@ def build_routes(
     health: Health | None = None,
 ) -> dict[str, Route]:
     """A route per configured backend, with ``backends`` (adapters by name)."""
-    return {
-        name: Route(
-            backends[name],
-            build_gate(conf, metrics, health, settings.park_after_s or None),
-            conf,
-            dataclasses.replace(
-                settings.retry.policy(conf.retry_attempts, conf.retry_timeout_s),
-                park_after_s=settings.park_after_s or None,
-            ),
-        )
-        for name, conf in settings.backends.backends.items()
-    }
+    lanes = Lanes(settings.backends.lanes, settings.kafka.request_topic)
+    routes = {}
+    for name, conf in settings.backends.backends.items():
+        gate = build_gate(conf, metrics, health, settings.park_after_s or None)
+        gate.shares = lanes.shares if lanes.ranked else {}
+        policy = settings.retry.policy(conf.retry_attempts, conf.retry_timeout_s)
+        policy = dataclasses.replace(policy, park_after_s=settings.park_after_s or None)
+        routes[name] = Route(backends[name], gate, conf, policy)
+    return routes
 
 
 def admission(conf: BackendsConfig) -> Admission:
@@ -164,6 +162,7 @@ class App:
         k = s.kafka
         topics = [k.request_topic, k.completion_topic, k.dlq_topic]
         topics.append(retry_topic(k.request_topic, k.retry_topic))
+        topics += [lane.topic for lane in s.backends.lanes]
         await ensure_topics(k, topics, k.create_topics_partitions)
         async with self._pipeline() as pipeline, self._http():
             self.pipeline = pipeline

@@ -32,6 +32,7 @@ from types import MappingProxyType
 from typing import Any
 
 from processor.backends.registry import DEFAULT_TEXT_LIMITS, KINDS
+from processor.lanes import Lane
 from processor.ratelimit import RateConfig
 
 #: A backend's rate limits (``processor.ratelimit``), each a number; 0 or absent: no limit.
@@ -53,7 +54,7 @@ _BACKEND_KEYS = {
     "options",
     *RATE_KEYS,
 }
-_TOP_KEYS = {"default_backend", "backends", "references", "max_records"}
+_TOP_KEYS = {"default_backend", "backends", "references", "max_records", "lanes"}
 _REFERENCE_KEYS = {"allowed_buckets", "max_bytes", "max_duration_s", "min_sample_rate"}
 
 
@@ -108,6 +109,8 @@ class BackendsConfig:
     references: ReferenceConfig = ReferenceConfig()
     #: Records held by the consumer at once; 0: twice the backends' windows (at least 32).
     max_records: int = 0
+    #: Priority lanes (``[[lanes]]``, ``processor.lanes``); none: one lane, the request topic.
+    lanes: tuple[Lane, ...] = ()
 
     @property
     def record_window(self) -> int:
@@ -194,7 +197,21 @@ def parse(
         min_sample_rate=_typed(refs, "min_sample_rate", int, 16_000, source),
     )
     max_records = _typed(data, "max_records", int, 0, source)
-    return BackendsConfig(default, backends, references, max_records)
+    lanes = tuple(
+        _lane(i, t, source) for i, t in enumerate(_typed(data, "lanes", list, [], source))
+    )
+    return BackendsConfig(default, backends, references, max_records, lanes)
+
+
+def _lane(index: int, table: Any, source: str) -> Lane:
+    where = f"{source}: [[lanes]] #{index + 1}"
+    if not isinstance(table, dict) or not isinstance(table.get("topic"), str):
+        raise ConfigError(f"{where}: a table with a topic is required")
+    _no_unknown(table, {"topic", "priority", "share"}, where)
+    share = float(_typed(table, "share", (int, float), 0.0, where))
+    if not 0 <= share < 1:
+        raise ConfigError(f"{where}: share must be at least 0 and below 1")
+    return Lane(table["topic"], _typed(table, "priority", int, 0, where), share)
 
 
 def _backend(name: str, table: Any, env: Mapping[str, str], source: str) -> BackendConfig:

@@ -14,12 +14,14 @@ import contextlib
 import dataclasses
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Mapping
 
 import structlog
 
 from processor.breaker import Breaker
 from processor.errors import Stage, Systemic, Transient, VoxlineError
+from processor.lanes import PRIORITY, may_start
 from processor.limiter import FAILURES, Limit, Outcome, Sample
 from processor.ratelimit import RateLimit
 from processor.steps import Park
@@ -131,6 +133,10 @@ class Gate:
         self.rate = rate
         #: A call kept away by the breaker this long parks its record (None: waits on).
         self.park_after_s: float | None = None
+        #: Lanes' minimum shares by priority (``processor.lanes``); calls by priority.
+        self.shares: Mapping[int, float] = {}
+        self._running: Counter[int] = Counter()
+        self._waiting: Counter[int] = Counter()
         self.window = limit
         self.breaker = breaker
         self.in_flight = 0
@@ -148,14 +154,18 @@ class Gate:
         """True while the breaker keeps new calls away (open, or probing)."""
         return self.breaker is not None and self.breaker.state != "closed"
 
-    async def _admit(self) -> bool:
-        """Wait for a slot and the breaker's leave; True if this call is a breaker probe.
-        Raises ``Park`` once the breaker has kept it away ``park_after_s``."""
+    async def _admit(self, prio: int) -> bool:
+        """Wait for a slot (higher lanes first, ``processor.lanes``) and the breaker's leave;
+        True if this call is a breaker probe. Raises ``Park`` once the breaker has kept it
+        away ``park_after_s``."""
         began = self._clock()
         async with self._changed:
             while True:
                 now = self._clock()
-                if self.in_flight < self.window.limit:
+                limit = self.window.limit
+                if self.in_flight < limit and may_start(
+                    prio, self._running, self._waiting, limit, self.shares
+                ):
                     if self.breaker is None:
                         break
                     state = self.breaker.state
@@ -166,7 +176,7 @@ class Gate:
                     # Poll: the cool-down ends by the clock, not by a notification.
                     wait = min(0.5, max(0.05, self.breaker.retry_in(now)))
                 else:
-                    wait = 1.0
+                    wait = 0.2 if self.shares else 1.0  # a waiter that left frees a turn
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._changed.wait(), timeout=wait)
             self.in_flight += 1
@@ -185,7 +195,13 @@ class Gate:
     async def call(self, work: float) -> AsyncIterator[Call]:
         if self.rate is not None:
             await self.rate.acquire(work)
-        probe = await self._admit()
+        prio = PRIORITY.get()
+        self._waiting[prio] += 1
+        try:
+            probe = await self._admit(prio)
+        finally:
+            self._waiting[prio] -= 1
+        self._running[prio] += 1
         started = self._clock()
         in_flight = self.in_flight
         call = Call()
@@ -197,6 +213,7 @@ class Gate:
             raise
         finally:
             self.in_flight -= 1
+            self._running[prio] -= 1
             self._settle(call.error, started, in_flight, work, probe)
             self._on_change(self)
             async with self._changed:

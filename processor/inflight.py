@@ -9,6 +9,7 @@ leaves its offset uncommitted so the next owner redoes it.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import structlog
@@ -16,6 +17,7 @@ import structlog
 from processor.errors import InternalError, InvalidInput, Stage, VoxlineError
 from processor.kafka.consumer import Fetched, TopicPartition, Unreadable
 from processor.kafka.records import Record
+from processor.lanes import PRIORITY
 from processor.observability import Metrics
 from processor.offsets import OffsetTracker, Verdict
 from processor.parking import unwrap
@@ -44,6 +46,8 @@ class InFlight:
         self.solo: asyncio.Task[None] | None = None
         #: Set whenever a task ends.
         self.freed = asyncio.Event()
+        #: A record's lane priority (``processor.lanes``), set for its task.
+        self.priority: Callable[[Record], int] = lambda _: 0
 
     def __len__(self) -> int:
         return len(self.tasks)
@@ -90,6 +94,7 @@ class InFlight:
         record = unwrap(fetched)  # a parked record runs as the original it stands for
         if record is not fetched:
             self.metrics.released()
+        PRIORITY.set(self.priority(record))  # its calls wait their lane's turn at the gate
         try:
             outcome: str | None = await self.pipeline.handle(record)
         except asyncio.CancelledError:

@@ -18,7 +18,7 @@ from typing import TypeVar
 
 import structlog
 
-from processor.admission import UNROUTED, Admission, is_due, key_of
+from processor.admission import UNROUTED, Admission, is_due, key_of, lane_of
 from processor.inflight import Handler, InFlight
 from processor.kafka.consumer import (
     Committed,
@@ -28,6 +28,7 @@ from processor.kafka.consumer import (
     TopicPartition,
     Unreadable,
 )
+from processor.lanes import Lanes
 from processor.observability import Health, Metrics
 from processor.offsets import OffsetTracker, Verdict
 from processor.parking import retry_topic
@@ -77,6 +78,8 @@ class Runner:
         self.work = InFlight(pipeline, self.tracker, self.metrics)
         #: Each backend's share of the window (none by default: one shared window).
         self.admission = admission or Admission({}, "")
+        self.lanes = Lanes(settings.backends.lanes, settings.kafka.request_topic)
+        self.work.priority = lambda record: self.lanes.priority(record.topic)
         #: Seconds one broker call may hold the loop.
         self.bound = min(
             COMMIT_TIMEOUT_S, 4 * settings.commit_interval_s, settings.drain_timeout_s / 4
@@ -111,7 +114,7 @@ class Runner:
         await self.consumer.start()
         try:
             k = self.settings.kafka
-            topics = [k.request_topic, retry_topic(k.request_topic, k.retry_topic)]
+            topics = [*self.lanes.topics, retry_topic(k.request_topic, k.retry_topic)]
             self.consumer.subscribe(topics, self)
             if ready is not None:
                 ready.set()
@@ -141,8 +144,10 @@ class Runner:
             self._pause(everything=free <= 0)
             try:
                 # Full: keep polling so the group sees us alive; paused partitions return nothing.
+                # Higher lanes are read while full: their records go first when a slot frees.
                 batch = await self.consumer.getmany(
-                    timeout_ms=200 if free > 0 else 0, max_records=max(1, free)
+                    timeout_ms=200 if free > 0 else 0,
+                    max_records=max(1, free, self.window // 2 if self.lanes.ranked else 1),
                 )
                 failures = 0
             except ConsumerError as exc:
@@ -180,11 +185,9 @@ class Runner:
         assigned = self.consumer.assignment()
         cap = self.settings.max_uncommitted
         held = Counter(tp for tp, _, _, verdict in self._held if verdict is None)
-        wanted = (
-            set(assigned)
-            if everything
-            else {tp for tp in assigned if self.tracker.pending_gap(tp) + held[tp] >= cap}
-        )
+        wanted = {tp for tp in assigned if self.tracker.pending_gap(tp) + held[tp] >= cap}
+        if everything:  # the lowest lane (every lane when they are not ranked)
+            wanted |= {tp for tp in assigned if self.lanes.priority(tp.topic) <= self.lanes.lowest}
         paused = self.consumer.paused()
         if wanted - paused:
             self.consumer.pause(*(wanted - paused))
@@ -199,6 +202,8 @@ class Runner:
         that was in flight when processes died, give up on one that died with them too often.
         Every record passed is registered in the tracker in offset order, started or left
         waiting, so no commit passes one that waits. Returns how many records moved on."""
+        if self.lanes.ranked:  # higher lanes first; a partition's records keep their order
+            self._held = deque(sorted(self._held, key=lambda e: -lane_of(self.lanes, e[1])))
         assigned = self.consumer.assignment() - self._revoking
         if any(not self.tracker.is_inherited(tp) for tp in assigned):
             await self._inherit(assigned)
