@@ -172,13 +172,15 @@ async def test_every_dashboard_and_rule_expression_returns_series(
                 services, "prom", backend="openai", backend_url=fake.url, max_in_flight=4
             ),
             http_port=metrics_port,
+            park_after_s=1.0,  # the outage parks records too
         )
         async with running(settings), api_with_prometheus(tmp_path, metrics_port) as prom:
             await produce(settings, [request(rid, "A short line to speak.") for rid in ids[:60]])
             await produce(settings, [(rid.encode(), b"not json") for rid in bad])
             fake.set(down=True)  # an outage long enough to open the breaker
             await produce(settings, [request(rid, "Spoken after the outage.") for rid in ids[60:]])
-            await wait_for_transition(prom, "open")
+            await wait_for_series(prom, 'voxline_breaker_transitions_total{to="open"} > 0')
+            await wait_for_series(prom, "voxline_parked_total > 0")
             fake.set(down=False)
             await wait_for_events(settings, {*ids, *bad}, timeout=180)
             missing = await wait_until_all_answer(prom)
@@ -193,13 +195,12 @@ async def api_with_prometheus(tmp: Path, target_port: int) -> AsyncIterator[Api]
             yield prom
 
 
-async def wait_for_transition(prom: Api, to: str) -> None:
-    expr = f'voxline_breaker_transitions_total{{job="voxline", to="{to}"}} > 0'
+async def wait_for_series(prom: Api, expr: str) -> None:
     for _ in range(120):
         if await prom.query(expr):
             return
         await asyncio.sleep(0.5)
-    raise AssertionError(f"no breaker transition to {to} was scraped within 60 s")
+    raise AssertionError(f"no series for {expr} was scraped within 60 s")
 
 
 async def wait_until_all_answer(prom: Api) -> list[str]:

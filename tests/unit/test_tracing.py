@@ -4,6 +4,7 @@ the context injected into outgoing headers, and nothing at all while tracing is 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from processor import tracing
 from processor.breaker import Breaker, BreakerConfig
 from processor.config import BackendConfig
-from processor.errors import Permanent, Stage, Transient
+from processor.errors import Permanent, Stage, Systemic, Transient
 from processor.gate import Gate
 from processor.kafka.records import Record
 from processor.limiter import StaticLimit
@@ -42,12 +43,12 @@ def spans() -> Iterator[InMemorySpanExporter]:
 
 
 def pipeline(
-    steps: list[Step] | None = None, text_limit: int = 1000
+    steps: list[Step] | None = None, text_limit: int = 1000, policy: Policy = POLICY
 ) -> tuple[Pipeline, MemorySink]:
     backend = ScriptedBackend("b", steps)
     gate = Gate("b", StaticLimit(4), Breaker(BreakerConfig(open_for_s=0.01, max_open_for_s=0.02)))
     conf = BackendConfig(name="b", kind="espeak", text_limit=text_limit)
-    route = Route(backend, gate, conf, POLICY)
+    route = Route(backend, gate, conf, policy)
     sink = MemorySink()
     settings = Settings(
         kafka=KafkaSettings(completion_topic="done", dlq_topic="dlq"),
@@ -109,7 +110,8 @@ async def test_each_chunk_and_each_attempt_is_a_backend_call_span(
     spans: InMemorySpanExporter,
 ) -> None:
     text = "First sentence here. Second sentence here. Third sentence here."
-    p, _ = pipeline([Transient("HTTP 503", stage=S, http_status=503)], text_limit=25)
+    error = Transient("HTTP 503", stage=S, http_status=503, error_type="http_503")
+    p, _ = pipeline([error], text_limit=25)
     assert await p.handle(record(text=text)) == "succeeded"
     calls = by_name(spans)["voxline.backend_call"]
     assert len(calls) == 4, "three chunks, one of them tried twice"
@@ -120,6 +122,9 @@ async def test_each_chunk_and_each_attempt_is_a_backend_call_span(
     assert len(failed) == 1
     (root,) = by_name(spans)["process requests"]
     assert root.status.status_code is StatusCode.UNSET, "a retried call does not fail the record"
+    (wait,) = root.events
+    assert wait.name == "voxline.wait", "the wait before the retry is an event on the record"
+    assert (wait.attributes or {})["error.type"] == "http_503"
 
 
 async def test_a_dead_lettered_record_has_error_status_and_says_why(
@@ -140,6 +145,17 @@ async def test_a_dead_lettered_record_has_error_status_and_says_why(
     assert "voxline.store" not in named
     assert len(named["voxline.publish"]) == 1, "dead letter and failed event"
     assert [o.topic for o in sink.sent] == ["dlq", "done"]
+
+
+async def test_a_parked_record_says_so_and_is_no_error(spans: InMemorySpanExporter) -> None:
+    down: list[Step] = [Systemic("HTTP 503", stage=S, http_status=503)] * 50
+    p, sink = pipeline(down, policy=dataclasses.replace(POLICY, park_after_s=0.02))
+    assert await p.handle(record()) == "parked"
+    (root,) = by_name(spans)["process requests"]
+    assert root.attributes is not None
+    assert root.attributes["voxline.outcome"] == "parked"
+    assert root.status.status_code is StatusCode.UNSET
+    assert [o.topic for o in sink.sent] == ["tts.requests.retry"]
 
 
 async def test_an_invalid_record_fails_its_validation_span(spans: InMemorySpanExporter) -> None:
