@@ -12,6 +12,9 @@ the text, so head-of-line blocking shows):
     backlog   100,000 requests waiting: peak RSS while draining
     cache     a book rendered, then again with 1 % of its sentences edited, and a dead-letter
               replay of a long chapter: backend calls and wall time   (bench/cache_scenario.py)
+    lanes     a backlog on the low lane, then a burst of urgent requests on theirs: urgent
+              p50/p99 against an idle processor, backlog throughput during the burst
+              (bench/lanes_scenario.py)
     peers     runs the two peers in each scenario above too (against the first overload
               shape in adaptive), with the same requests (their own consumer group and
               completion topic), window and backend, and reports Voxline/peer ratios
@@ -44,7 +47,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import cache_scenario, report, scenarios, shapes
+from bench import cache_scenario, lanes_scenario, report, scenarios, shapes
 from bench.harness import (
     ROOT,
     Fake,
@@ -60,7 +63,7 @@ from bench.report import Row
 from bench.scenarios import JITTER_MS, LATENCY_MS
 from bench.workload import mean_text_chars, requests
 
-SCENARIOS = ("ideal", "overhead", "adaptive", "backlog", "cache", "peers")
+SCENARIOS = ("ideal", "overhead", "adaptive", "backlog", "cache", "lanes", "peers")
 PARTITIONS = 8
 RESULTS = ROOT / "bench" / "results"
 
@@ -358,6 +361,8 @@ async def main(argv: Sequence[str] | None = None) -> int:
                 await scenarios.backlog(bench)
             if "cache" in args.chosen:
                 await cache_scenario.cache(bench)
+            if "lanes" in args.chosen:
+                await lanes_scenario.lanes(bench)
         finally:
             if not args.keep:
                 await bench.cleanup()
