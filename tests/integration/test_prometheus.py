@@ -203,24 +203,34 @@ async def wait_for_series(prom: Api, expr: str) -> None:
     raise AssertionError(f"no series for {expr} was scraped within 60 s")
 
 
+def alert_condition(expr: str) -> str:
+    """An alert's expression made to answer for every series it looks at: each comparison
+    with ``bool`` (0 or 1 instead of a filter), ``absent(x)`` as ``x``. Empty means the
+    expression matches no series at all (a wrong name or label), not that all is well."""
+    inner = re.fullmatch(r"absent\((.*)\)", expr.strip())
+    if inner:
+        return inner.group(1)
+    return re.sub(r"(==|!=|>=|<=|>|<)\s*", r"\1 bool ", expr)
+
+
 async def wait_until_all_answer(prom: Api) -> list[str]:
-    """Polls until every dashboard query and recording rule returns series (up to 60 s, as
-    rates need two scrapes after the load and recording rules an evaluation); returns the
-    ones that still return none."""
-    wanted = [f"dashboard {t!r}: {e}" for t, e in dashboard_queries()] + [
-        f"record {name}: {name}" for kind, name, _ in rule_exprs() if kind == "record"
-    ]
+    """Polls until every dashboard query, recording rule and alert condition returns series
+    (up to 60 s, as rates need two scrapes after the load and recording rules an evaluation);
+    returns the ones that still return none."""
+    wanted = [(f"dashboard {t!r}", e) for t, e in dashboard_queries()]
+    for kind, name, expr in rule_exprs():
+        wanted.append((f"{kind} {name}", name if kind == "record" else alert_condition(expr)))
     missing = wanted
     for _ in range(60):
-        missing = [w for w in missing if not await prom.query(w.rsplit(": ", 1)[1])]
+        missing = [(what, e) for what, e in missing if not await prom.query(e)]
         if not missing:
             break
         await asyncio.sleep(1)
-    return missing
+    return [f"{what}: {e}" for what, e in missing]
 
 
 async def check_rules_and_names(prom: Api) -> None:
-    # Every rule's own expression evaluates (an alert's may be empty: nothing is wrong).
+    # Every rule's own expression evaluates (an alert's is empty unless it fires).
     for _kind, _name, expr in rule_exprs():
         await prom.query(expr)
     groups = (await prom.get("/api/v1/rules"))["groups"]
