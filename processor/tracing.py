@@ -243,12 +243,6 @@ def backend_call(
     )
 
 
-def annotate(**attributes: str | int) -> None:
-    """Attributes on the current span (the record's request_id, its outcome)."""
-    if _tracer is not None:
-        trace.get_current_span().set_attributes(attributes)
-
-
 def failed(error: VoxlineError) -> None:
     """The current span (the record's) ended in a dead letter: error status and why."""
     if _tracer is None:
