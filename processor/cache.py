@@ -68,6 +68,8 @@ class ChunkCache:
         self.settings = settings
         self.metrics = metrics
         self._flights: dict[str, asyncio.Future[Audio]] = {}
+        #: Writes that outlive their chunk's task (held so they are not garbage-collected).
+        self._writes: set[asyncio.Future[None]] = set()
         #: Store calls at once (the client's connections): the timeouts then bound a call to
         #: the store, not the wait for a connection behind a burst of lookups.
         self._slots = asyncio.Semaphore(slots)
@@ -98,7 +100,7 @@ class ChunkCache:
         task's call for the same chunk)."""
         if mode == "refresh":
             audio = await make()
-            await self.write(key, audio)
+            await self._kept(key, audio)
             return audio, False
         while (flight := self._flights.get(key)) is not None:
             await asyncio.wait({flight})
@@ -115,13 +117,21 @@ class ChunkCache:
                 return hit, True
             audio = await make()
             mine.set_result(audio)
-            await self.write(key, audio)
+            await self._kept(key, audio)
             return audio, False
         finally:
             if not mine.done():
                 mine.cancel()  # the waiters try on their own; no exception left unretrieved
             if self._flights.get(key) is mine:
                 del self._flights[key]
+
+    async def _kept(self, key: str, audio: Audio) -> None:
+        """Write the chunk; if this chunk's task is cancelled meanwhile (a sibling chunk failed),
+        the write still finishes, so a replay of the record does not pay for this chunk again."""
+        write = asyncio.ensure_future(self.write(key, audio))
+        self._writes.add(write)
+        write.add_done_callback(self._writes.discard)
+        await asyncio.shield(write)
 
     async def lookup(self, key: str) -> Audio | None:
         """The cached chunk, or None: missing, corrupt, or the store failing or slow."""

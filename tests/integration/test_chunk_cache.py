@@ -19,17 +19,21 @@ from processor.cache import ChunkCache
 from processor.cache_key import chunk_key, object_name
 from processor.cache_store import S3CacheStore
 from processor.chunking import split_text
+from processor.errors import Permanent, Stage
 from processor.observability import Metrics
 from processor.ops.cli import main
+from processor.ops.client import read_dead_letters, replay
 from processor.settings import CacheSettings, Settings
-from processor.testing import tone
+from processor.testing import ScriptedBackend, tone
 from tests.fakes.openai_server import running_fake
 from tests.integration.harness import (
+    events_by_id,
     get_objects,
     produce,
     request,
     running,
     unique_settings,
+    wait_for,
     wait_for_events,
 )
 from tests.integration.services import Services
@@ -227,3 +231,46 @@ async def test_cache_stats_and_prune_on_the_store(services: Services) -> None:
     assert stats["objects"] == 2
     assert (await asyncio.to_thread(cli, "prune", "--older-than", "30d")).startswith("deleted 0")
     assert (await asyncio.to_thread(cli, "prune", "--older-than", "0s")).startswith("deleted 2")
+
+
+async def test_a_replayed_dead_letter_redoes_only_its_failed_chunk(
+    services: Services, tmp_path: Path
+) -> None:
+    """A long chapter whose last chunk the backend refuses once is dead-lettered; replayed
+    with ``voxline dlq replay``'s client, it costs one backend call."""
+    settings = _cached(
+        unique_settings(services, "replay", config_path=_config(tmp_path, "http://127.0.0.1:9"))
+    )
+    text = f"{CHAPTER} This last one is REFUSED."
+    chunks = len(split_text(text, 60))
+    cache = S3CacheStore(
+        settings.store.bucket, settings.cache.prefix, endpoint_url=services.s3_endpoint_url
+    )
+
+    async def cached() -> bool:
+        return len([o async for o in cache.objects()]) == chunks - 1
+
+    async def refuse_once(utterance: Utterance) -> None:
+        if "REFUSED" in utterance.text and not refused:
+            refused.append(utterance.text)
+            # Refused once every other chunk is made and kept (whatever the scheduling).
+            await wait_for(cached, timeout=30, what="the other chunks in the cache", every=0.1)
+            raise Permanent("HTTP 422 refused", stage=Stage.SYNTHESIZE, http_status=422)
+
+    refused: list[str] = []
+    backend = ScriptedBackend("tts", hook=refuse_once)
+    async with cache, running(settings, backends={"tts": backend}):
+        (failed,) = await _round(settings, [("long", text, {"seed": 1})])
+        assert failed["status"] == "failed"
+        assert failed["usage"]["backend_calls"] == len(backend.calls) == chunks
+        letters = await read_dead_letters(settings.kafka)
+        assert await replay(settings.kafka, letters) == 1
+
+        async def both() -> bool:
+            return len((await events_by_id(settings)).get("long", [])) == 2
+
+        await wait_for(both, timeout=60, what="the replayed record's event")
+        replayed = (await events_by_id(settings))["long"][-1].json()
+    assert replayed["status"] == "succeeded"
+    assert replayed["usage"]["backend_calls"] == 1 == len(backend.calls) - chunks
+    assert replayed["usage"]["cache_hits"] == replayed["chunks"] - 1 == chunks - 1

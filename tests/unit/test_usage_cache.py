@@ -21,7 +21,7 @@ from processor.cache import FAILURES_TO_SKIP, ChunkCache
 from processor.cache_key import chunk_key, key_document
 from processor.cache_store import CachedObject
 from processor.config import BackendConfig
-from processor.errors import Stage, Transient
+from processor.errors import Permanent, Stage, Transient
 from processor.gate import Gate
 from processor.kafka.records import Record
 from processor.limiter import StaticLimit
@@ -54,6 +54,10 @@ class MemoryCacheStore:
         self.slow_s = 0.0
         self.writes = 0
         self.reads = 0
+        #: When set, writes wait for it; ``written`` is set once ``expected`` objects exist.
+        self.hold_writes: asyncio.Event | None = None
+        self.expected = 0
+        self.written = asyncio.Event()
 
     async def read(self, key: str) -> tuple[bytes, Mapping[str, str]] | None:
         self.reads += 1
@@ -63,10 +67,14 @@ class MemoryCacheStore:
         return self.objects.get(key)
 
     async def write(self, key: str, data: bytes, metadata: Mapping[str, str]) -> None:
+        if self.hold_writes is not None:
+            await self.hold_writes.wait()
         if self.down:
             raise ConnectionRefusedError("store down")
         self.writes += 1
         self.objects[key] = (data, dict(metadata))
+        if self.expected and len(self.objects) >= self.expected:
+            self.written.set()
 
 
 def numbered(utterance: Utterance) -> Any:
@@ -335,3 +343,21 @@ def test_hit_ratio_and_time_spans() -> None:
     ]
     with pytest.raises(ValueError, match="not a time span"):
         seconds_of("7 days")
+
+
+async def test_a_failed_sibling_does_not_cancel_the_writes_of_chunks_made() -> None:
+    permanent = Permanent("HTTP 422", stage=Stage.SYNTHESIZE, http_status=422)
+    world = World([None, None, permanent])
+    world.cache_store.hold_writes = asyncio.Event()
+    world.cache_store.expected = 2
+    text = "First sentence of three. Second sentence of three. Third one fails."
+    event = await world.send(text=text)
+    assert event["status"] == "failed"
+    assert world.cache_store.objects == {}  # both writes still waiting, their tasks cancelled
+    world.cache_store.hold_writes.set()
+    await asyncio.wait_for(world.cache_store.written.wait(), 5)
+    assert len(world.cache_store.objects) == 2
+    again = await world.send(text=text)  # the replay: one call, for the chunk that failed
+    assert again["status"] == "succeeded"
+    assert again["usage"]["backend_calls"] == 1
+    assert again["usage"]["cache_hits"] == 2
