@@ -40,6 +40,9 @@ WRITE_TIMEOUT_S = 10.0
 #: for ``SKIP_S`` seconds, so a store that is down costs no record a timeout per chunk.
 FAILURES_TO_SKIP = 3
 SKIP_S = 5.0
+#: Seconds the writes still in flight get when the processor stops (short: the drain budget
+#: is for records, and a lost write only costs a later backend call).
+SETTLE_S = 0.5
 
 
 def audio_of(data: bytes) -> Audio:
@@ -133,6 +136,11 @@ class ChunkCache:
         write.add_done_callback(self._writes.discard)
         await asyncio.shield(write)
 
+    async def settle(self, timeout: float) -> None:
+        """Let writes still in flight finish, for at most ``timeout`` seconds (on the way out)."""
+        if self._writes:
+            await asyncio.wait(set(self._writes), timeout=timeout)
+
     async def lookup(self, key: str) -> Audio | None:
         """The cached chunk, or None: missing, corrupt, or the store failing or slow."""
         async with self._slots:
@@ -200,4 +208,8 @@ async def open_cache(settings: Settings, metrics: Metrics) -> AsyncIterator[Chun
         max_connections=max(16, settings.backends.record_window),
     )
     async with store:
-        yield ChunkCache(store, conf, metrics, slots=max(16, settings.backends.record_window))
+        cache = ChunkCache(store, conf, metrics, slots=max(16, settings.backends.record_window))
+        try:
+            yield cache
+        finally:
+            await cache.settle(SETTLE_S)
