@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import ssl
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterable
 from typing import Any, TypeVar
 
 from aiokafka.client import AIOKafkaClient, CoordinationType
@@ -26,6 +26,7 @@ from aiokafka.protocol.metadata import MetadataRequest
 from aiokafka.protocol.types import Array, Boolean, Int16, Int32, Schema, String
 
 from processor.kafka.options import connection_options
+from processor.parking import retry_topic
 from processor.settings import KafkaSettings
 
 T = TypeVar("T")
@@ -128,13 +129,20 @@ def needs(kafka: KafkaSettings, **operations: str) -> list[Need]:
         "requests": (kafka.request_topic, "the request topic"),
         "completions": (kafka.completion_topic, "the completion topic"),
         "dlq": (kafka.dlq_topic, "the dead-letter topic"),
+        "delay": (retry_topic(kafka.request_topic, kafka.retry_topic), "the delay topic"),
     }
     return [Need(topics[role][0], op, topics[role][1]) for role, op in operations.items()]
 
 
-def processor_needs(kafka: KafkaSettings) -> list[Need]:
-    """The grants ``voxline run`` cannot work without (the group is checked too)."""
-    return needs(kafka, requests="READ", completions="WRITE", dlq="WRITE")
+def processor_needs(kafka: KafkaSettings, lane_topics: Iterable[str] = ()) -> list[Need]:
+    """The grants ``voxline run`` cannot work without (the group is checked too): it reads
+    requests (and each priority lane's topic) and parked records, writes completions, dead
+    letters and parked records."""
+    return [
+        *needs(kafka, requests="READ", completions="WRITE", dlq="WRITE", delay="READ"),
+        *needs(kafka, delay="WRITE"),
+        *(Need(t, "READ", "a priority lane's topic") for t in lane_topics),
+    ]
 
 
 def _user(kafka: KafkaSettings) -> str:

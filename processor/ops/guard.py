@@ -43,7 +43,8 @@ async def processor_start(settings: Settings) -> None:
     these credentials. Other trouble (an outage) is left to the processor's own handling."""
     kafka, store = settings.kafka, settings.store
     try:
-        await access.check(kafka, access.processor_needs(kafka))
+        lanes = [lane.topic for lane in settings.backends.lanes]
+        await access.check(kafka, access.processor_needs(kafka, lanes))
     except access.AccessDenied as exc:
         raise click.ClickException(str(exc)) from None
     failure = await s3.check(store.endpoint_url, store.region, store.bucket)
