@@ -35,7 +35,7 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-# The benchmark table and plots in bench/results/ (about 22 minutes on 2 cores).
+# The benchmark table and plots in bench/results/ (about 29 minutes on 2 cores).
 bench: setup
 	$(BIN)/python -m bench.run
 

@@ -15,6 +15,9 @@ the text, so head-of-line blocking shows):
     lanes     a backlog on the low lane, then a burst of urgent requests on theirs: urgent
               p50/p99 against an idle processor, backlog throughput during the burst
               (bench/lanes_scenario.py)
+    instances 1, 2, 3 processors in one group against the adaptive scenario's fail server:
+              goodput vs the best fixed window, failed calls, each one's share
+              (bench/instances_scenario.py)
     peers     runs the two peers in each scenario above too (against the first overload
               shape in adaptive), with the same requests (their own consumer group and
               completion topic), window and backend, and reports Voxline/peer ratios
@@ -47,7 +50,14 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import cache_scenario, lanes_scenario, report, scenarios, shapes
+from bench import (
+    cache_scenario,
+    instances_scenario,
+    lanes_scenario,
+    report,
+    scenarios,
+    shapes,
+)
 from bench.harness import (
     ROOT,
     Fake,
@@ -63,7 +73,7 @@ from bench.report import Row
 from bench.scenarios import JITTER_MS, LATENCY_MS
 from bench.workload import mean_text_chars, requests
 
-SCENARIOS = ("ideal", "overhead", "adaptive", "backlog", "cache", "lanes", "peers")
+SCENARIOS = ("ideal", "overhead", "adaptive", "backlog", "cache", "lanes", "instances", "peers")
 PARTITIONS = 8
 RESULTS = ROOT / "bench" / "results"
 
@@ -363,6 +373,8 @@ async def main(argv: Sequence[str] | None = None) -> int:
                 await cache_scenario.cache(bench)
             if "lanes" in args.chosen:
                 await lanes_scenario.lanes(bench)
+            if "instances" in args.chosen:
+                await instances_scenario.instances(bench)
         finally:
             if not args.keep:
                 await bench.cleanup()
