@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -79,26 +80,49 @@ class Secured:
         return env
 
 
+def _in_use(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.settimeout(1)
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def ports() -> dict[str, str]:
+    """The script's default ports, or the first block 10 ports further on (at most 4) that is
+    free: another checkout's secured services may hold the defaults."""
+    for shift in range(0, 50, 10):
+        kafka, s3 = 9192 + shift, 7333 + shift
+        wanted = [kafka, kafka + 1, *range(s3, s3 + 5), *range(s3 + 10000, s3 + 10005)]
+        if not any(_in_use(p) for p in wanted):
+            return {
+                "SECURE_KAFKA_PORT": str(kafka),
+                "SECURE_KAFKA_CONTROLLER_PORT": str(kafka + 1),
+                "SECURE_S3_PORT": str(s3),
+            }
+    pytest.fail("no free ports for the secured services (9192-9233, 7333-7377, 17333-17377)")
+
+
+def _script(
+    verb: str, env: dict[str, str], timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(SCRIPT), verb], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
 def start() -> Iterator[Secured]:
     """``infra/secure.sh reset`` and ``start`` (fresh state, so the fixed topics hold only
     this run's records), the values of ``env``; ``stop`` after."""
-    subprocess.run([str(SCRIPT), "reset"], cwd=ROOT, check=False, capture_output=True)
-    started = subprocess.run(
-        [str(SCRIPT), "start"], cwd=ROOT, capture_output=True, text=True, timeout=START_TIMEOUT_S
-    )
+    _script("reset", dict(os.environ))
+    env = {**os.environ, **ports()}
+    started = _script("start", env, timeout=START_TIMEOUT_S)
     if started.returncode != 0:
-        subprocess.run([str(SCRIPT), "stop"], cwd=ROOT, check=False, capture_output=True)
+        _script("stop", env)
         pytest.fail(f"infra/secure.sh start failed:\n{started.stdout}{started.stderr}")
-    printed = subprocess.run(
-        [str(SCRIPT), "env"], cwd=ROOT, check=True, capture_output=True, text=True
-    ).stdout
+    printed = _script("env", env).stdout
     try:
         yield Secured(dict(line.split("=", 1) for line in printed.split()))
     finally:  # 10 s to stop cleanly, then killed: the next start resets the state anyway
-        stop_env = {**os.environ, "STOP_TIMEOUT": "10"}
-        subprocess.run(
-            [str(SCRIPT), "stop"], cwd=ROOT, env=stop_env, check=False, capture_output=True
-        )
+        _script("stop", {**env, "STOP_TIMEOUT": "10"})
 
 
 def voxline(
