@@ -93,7 +93,7 @@ class InFlight:
     async def _process(self, tp: TopicPartition, fetched: Record) -> None:
         record = unwrap(fetched)  # a parked record runs as the original it stands for
         if record is not fetched:
-            self.metrics.released()
+            self.metrics.released(fetched.topic)
         PRIORITY.set(self.priority(record))  # its calls wait their lane's turn at the gate
         try:
             outcome: str | None = await self.pipeline.handle(record)

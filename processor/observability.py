@@ -135,7 +135,7 @@ class Metrics:
             "parked_total", "Records parked on the delay topic, by the error type.", "reason"
         )
         self._released = counter(
-            "released_total", "Parked records read back from the delay topic when due."
+            "released_total", "Parked records read back from the delay topic when due.", "topic"
         )
         self._rate = gauge(
             "rate_limit",
@@ -245,8 +245,8 @@ class Metrics:
     def parked(self, reason: str) -> None:
         self._parked.labels(reason=reason).inc()
 
-    def released(self) -> None:
-        self._released.inc()
+    def released(self, topic: str) -> None:
+        self._released.labels(topic=topic).inc()
 
     def rate_limit(
         self, backend: str, per_s: float, chars_per_min: float, waited_s: float, throttles: int

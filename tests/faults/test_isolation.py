@@ -2,7 +2,7 @@
 down mid-run; the other's throughput during the outage stays at least 0.9 of what it was
 before, nothing is dead-lettered and nothing is lost.
 
-The outage lasts ``VOXLINE_ISOLATION_OUTAGE_S`` seconds (15 by default, the CI size; the
+The outage lasts ``VOXLINE_ISOLATION_OUTAGE_S`` seconds (10 by default, the CI size; the
 issue's full size is 60: ``VOXLINE_ISOLATION_OUTAGE_S=60 .venv/bin/pytest
 tests/faults/test_isolation.py``). Each backend has a fixed window of 4 calls and answers in
 0.4 s, so its throughput is bounded by the fake's pace (10 calls/s), not by this machine's CPU:
@@ -24,9 +24,9 @@ from tests.integration.services import Services
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
-OUTAGE_S = float(os.environ.get("VOXLINE_ISOLATION_OUTAGE_S", "15"))
+OUTAGE_S = float(os.environ.get("VOXLINE_ISOLATION_OUTAGE_S", "10"))
 #: Seconds measured before the outage (after a warm-up of ``WARM`` outcomes).
-BEFORE_S = 10.0
+BEFORE_S = 8.0
 WARM = 20
 PACE = ("--latency-ms", "400", "--jitter-ms", "0", "--ms-per-char", "0")
 WINDOW = 4

@@ -18,7 +18,7 @@ from tests.integration.services import Services
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
-DOWN_S = 20.0
+DOWN_S = 15.0
 
 
 async def test_records_park_while_the_backend_is_down_and_all_come_back(

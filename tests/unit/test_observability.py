@@ -186,6 +186,11 @@ def test_all_families_are_exposed_with_their_types() -> None:
         "voxline_usage_audio_seconds": "counter",
         "voxline_usage_backend_seconds": "counter",
         "voxline_cache": "counter",
+        "voxline_parked": "counter",
+        "voxline_released": "counter",
+        "voxline_rate_limit": "gauge",
+        "voxline_rate_limited_seconds": "counter",
+        "voxline_throttled": "counter",
     }
 
 
