@@ -107,8 +107,8 @@ def _binary(headers: RawHeaders, value: bytes | None, content_type: str) -> Open
 
 
 def _structured(value: bytes | None) -> Opened:
-    try:
-        doc = json.loads(value or b"")
+    try:  # duplicate keys refused, as parse_request refuses them (I-JSON)
+        doc = json.loads(value or b"", object_pairs_hook=_unique_keys)
     except (ValueError, RecursionError):
         _fail("$", "a structured-mode CloudEvent must be a JSON object; this is not valid JSON")
     if not isinstance(doc, dict):
@@ -125,6 +125,13 @@ def _structured(value: bytes | None) -> Opened:
         _fail(where("datacontenttype"), f"{datacontenttype!r}: the request must be JSON")
     envelope = _envelope("structured", doc, where)
     return Opened(_data(doc, where), envelope)
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    doc = dict(pairs)
+    if len(doc) != len(pairs):
+        _fail("$", "a structured-mode CloudEvent must not repeat a key (I-JSON)")
+    return doc
 
 
 def _data(doc: dict[str, Any], where: Any) -> bytes:

@@ -130,6 +130,12 @@ BAD: list[tuple[str, RawHeaders, bytes, str]] = [
     ),
     ("not json", [CT], b"{", "CloudEvent $: a structured-mode CloudEvent must be a JSON object"),
     ("array", [CT], b"[]", "CloudEvent $: a structured-mode CloudEvent must be a JSON object"),
+    (
+        "repeated key",
+        [CT],
+        structured()[:-1] + b', "data": {"request_id": "a", "text": "b", "text": "c"}}',
+        "CloudEvent $: a structured-mode CloudEvent must not repeat a key",
+    ),
     ("no type", [CT], structured(type=None), "attribute $.type: missing"),
     ("number id", [CT], structured(id=7), "attribute $.id: must be a string"),
     ("no data", [CT], structured(data=None), "attribute $.data: missing"),
