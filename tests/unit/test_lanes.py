@@ -4,6 +4,8 @@ share while it has calls waiting, and the config file declares them."""
 from __future__ import annotations
 
 import asyncio
+import tomllib
+from pathlib import Path
 
 import pytest
 
@@ -82,3 +84,14 @@ async def test_the_gate_lets_the_urgent_call_in_before_the_backlog() -> None:
     release.set()
     await asyncio.gather(first, urgent, *backlog)
     assert order[:2] == ["first", "urgent"], order
+
+
+def test_the_readme_scheduling_configuration_parses() -> None:
+    """The copy-paste configuration of the README's Scheduling section is valid as it is."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Scheduling", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    conf = parse(tomllib.loads(block), {"HOSTED_TTS_KEY": "secret"})
+    assert [lane.priority for lane in conf.lanes] == [10, 0]
+    assert conf.backends["hosted"].rate.requests_per_s == 5
+    assert conf.backends["hosted"].rate.chars_burst == 5000
