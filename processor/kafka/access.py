@@ -283,6 +283,23 @@ async def check(kafka: KafkaSettings, needs: list[Need], *, group: bool = True) 
         await client.close()
 
 
+def refusal(
+    kafka: KafkaSettings, needs: list[Need], found: dict[str, tuple[int, int]]
+) -> str | None:
+    """The first need the broker's answer refuses (``found``: topic -> error code and
+    authorized operations), said in one line; None if none is refused. A topic missing
+    from the answer or unknown to the broker is not refused (it is created or reported by
+    the command)."""
+    for need in needs:
+        error, ops = found.get(need.topic, (0, NOT_COMPUTED))
+        if error == TOPIC_DENIED:
+            return topic_denied(kafka, need)
+        bit = OPERATION_BITS.get(need.operation, 0)
+        if error == 0 and ops != NOT_COMPUTED and bit and not ops & bit:
+            return operation_denied(kafka, need)
+    return None
+
+
 async def _look(
     client: AIOKafkaClient, kafka: KafkaSettings, needs: list[Need], group: bool
 ) -> None:
@@ -291,18 +308,13 @@ async def _look(
     topics = [n.topic for n in needs]
     try:
         answer: Any = await client.send(node, AuthorizedOperations(topics))
-        allowed = {t[1]: t[-1] for t in answer.topics if t[0] == 0}
+        found = {t[1]: (t[0], t[-1]) for t in answer.topics}
     except IncompatibleBrokerVersion:  # a broker before 2.3: whether it may see them
         answer = await client.send(node, MetadataRequest(topics, False))
-        allowed = {}
-    denied = {t[1] for t in answer.topics if t[0] == TOPIC_DENIED}
-    for need in needs:
-        if need.topic in denied:
-            raise AccessDenied(topic_denied(kafka, need))
-        ops = allowed.get(need.topic, NOT_COMPUTED)
-        bit = OPERATION_BITS.get(need.operation, 0)
-        if ops != NOT_COMPUTED and bit and not ops & bit:
-            raise AccessDenied(operation_denied(kafka, need))
+        found = {t[1]: (t[0], NOT_COMPUTED) for t in answer.topics}
+    refused = refusal(kafka, needs, found)
+    if refused is not None:
+        raise AccessDenied(refused)
     if group:
         try:
             await client.coordinator_lookup(CoordinationType.GROUP, kafka.group_id)

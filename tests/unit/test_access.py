@@ -86,3 +86,36 @@ def test_refused_store_credentials_are_named(code: str, status: int) -> None:
 def test_a_store_outage_is_not_an_access_failure() -> None:
     exc = botocore.exceptions.EndpointConnectionError(endpoint_url="https://s3.local")
     assert s3.access_failure(exc, "https://s3.local") is None
+
+
+READ, WRITE, DESCRIBE = 1 << 3, 1 << 4, 1 << 8
+
+
+@pytest.mark.parametrize(
+    ("found", "refused"),
+    [
+        ({}, None),  # topics the broker did not mention: not refused
+        (
+            {
+                KAFKA.request_topic: (0, READ | DESCRIBE),
+                KAFKA.completion_topic: (0, WRITE),
+                KAFKA.dlq_topic: (0, WRITE | DESCRIBE),
+                "tts.requests.retry": (0, READ | WRITE),
+            },
+            None,
+        ),
+        ({"tts.requests.retry": (0, READ)}, "may not WRITE topic 'tts.requests.retry'"),
+        ({KAFKA.dlq_topic: (access.TOPIC_DENIED, access.NOT_COMPUTED)}, "may not use topic"),
+        ({KAFKA.dlq_topic: (0, READ | DESCRIBE)}, "may not WRITE topic 'tts.requests.dlq'"),
+        ({KAFKA.dlq_topic: (0, access.NOT_COMPUTED)}, None),  # the broker did not say
+        ({KAFKA.dlq_topic: (3, access.NOT_COMPUTED)}, None),  # unknown topic: created later
+        ({KAFKA.request_topic: (0, WRITE | DESCRIBE)}, "may not READ topic 'tts.requests'"),
+    ],
+)
+def test_the_broker_answer_decides(found: dict[str, tuple[int, int]], refused: str | None) -> None:
+    said = access.refusal(KAFKA, NEEDS, found)
+    if refused is None:
+        assert said is None
+    else:
+        assert said is not None
+        assert refused in said
