@@ -21,92 +21,19 @@ from aiokafka.errors import (
     SaslAuthenticationFailed,
     TopicAuthorizationFailedError,
 )
-from aiokafka.protocol.api import Request, RequestStruct, Response
 from aiokafka.protocol.metadata import MetadataRequest
-from aiokafka.protocol.types import Array, Boolean, Int16, Int32, Schema, String
 
+from processor.kafka.acl_metadata import NOT_COMPUTED, OPERATION_BITS, AuthorizedOperations
 from processor.kafka.options import connection_options
 from processor.parking import retry_topic
 from processor.settings import KafkaSettings
 
 T = TypeVar("T")
 
-#: Kafka's error codes for "this principal may not" (TOPIC_, GROUP_AUTHORIZATION_FAILED).
+#: Kafka's error code for "this principal may not see that topic" (TOPIC_AUTHORIZATION_FAILED).
 TOPIC_DENIED = 29
-GROUP_DENIED = 30
 #: Seconds a look at the broker may take before it is left to the clients' own errors.
 PROBE_TIMEOUT_S = 15.0
-
-
-#: Bits of Kafka's ``AclOperation`` codes in a metadata answer's authorized operations, and
-#: the value a broker sends when it did not compute them.
-OPERATION_BITS = {"READ": 1 << 3, "WRITE": 1 << 4}
-NOT_COMPUTED = -(2**31)
-
-
-class _MetadataResponseV8(Response):  # type: ignore[misc]
-    API_KEY = 3
-    API_VERSION = 8
-    SCHEMA = Schema(
-        ("throttle_time_ms", Int32),
-        (
-            "brokers",
-            Array(
-                ("node_id", Int32),
-                ("host", String("utf-8")),
-                ("port", Int32),
-                ("rack", String("utf-8")),
-            ),
-        ),
-        ("cluster_id", String("utf-8")),
-        ("controller_id", Int32),
-        (
-            "topics",
-            Array(
-                ("error_code", Int16),
-                ("topic", String("utf-8")),
-                ("is_internal", Boolean),
-                (
-                    "partitions",
-                    Array(
-                        ("error_code", Int16),
-                        ("partition", Int32),
-                        ("leader", Int32),
-                        ("leader_epoch", Int32),
-                        ("replicas", Array(Int32)),
-                        ("isr", Array(Int32)),
-                        ("offline_replicas", Array(Int32)),
-                    ),
-                ),
-                ("authorized_operations", Int32),
-            ),
-        ),
-        ("cluster_authorized_operations", Int32),
-    )
-
-
-class _MetadataRequestV8(RequestStruct):  # type: ignore[misc]
-    API_KEY = 3
-    API_VERSION = 8
-    RESPONSE_TYPE = _MetadataResponseV8
-    SCHEMA = Schema(
-        ("topics", Array(String("utf-8"))),
-        ("allow_auto_topic_creation", Boolean),
-        ("include_cluster_authorized_operations", Boolean),
-        ("include_topic_authorized_operations", Boolean),
-    )
-
-
-class AuthorizedOperations(Request[_MetadataRequestV8]):  # type: ignore[misc]
-    """Metadata (v8, KIP-430) for ``topics`` with what this principal may do on each."""
-
-    API_KEY = 3
-
-    def __init__(self, topics: list[str]) -> None:
-        self.topics = topics
-
-    def build(self, request_struct_class: type[_MetadataRequestV8]) -> _MetadataRequestV8:
-        return request_struct_class(self.topics, False, False, True)
 
 
 class AccessDenied(Exception):

@@ -17,6 +17,7 @@ from aiokafka.errors import (
 from processor import s3
 from processor.kafka import access
 from processor.kafka.access import AccessDenied, Need
+from processor.kafka.acl_metadata import NOT_COMPUTED
 from processor.settings import KafkaSettings
 
 KAFKA = KafkaSettings(
@@ -105,10 +106,10 @@ READ, WRITE, DESCRIBE = 1 << 3, 1 << 4, 1 << 8
             None,
         ),
         ({"tts.requests.retry": (0, READ)}, "may not WRITE topic 'tts.requests.retry'"),
-        ({KAFKA.dlq_topic: (access.TOPIC_DENIED, access.NOT_COMPUTED)}, "may not use topic"),
+        ({KAFKA.dlq_topic: (access.TOPIC_DENIED, NOT_COMPUTED)}, "may not use topic"),
         ({KAFKA.dlq_topic: (0, READ | DESCRIBE)}, "may not WRITE topic 'tts.requests.dlq'"),
-        ({KAFKA.dlq_topic: (0, access.NOT_COMPUTED)}, None),  # the broker did not say
-        ({KAFKA.dlq_topic: (3, access.NOT_COMPUTED)}, None),  # unknown topic: created later
+        ({KAFKA.dlq_topic: (0, NOT_COMPUTED)}, None),  # the broker did not say
+        ({KAFKA.dlq_topic: (3, NOT_COMPUTED)}, None),  # unknown topic: created later
         ({KAFKA.request_topic: (0, WRITE | DESCRIBE)}, "may not READ topic 'tts.requests'"),
     ],
 )
