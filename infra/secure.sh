@@ -250,10 +250,18 @@ cmd_reset() {
 
 cmd_status() {
     local rc=0
-    pid_alive "$KPID" "$KPATTERN" && echo "secure kafka: running (pid $(cat "$KPID"), 127.0.0.1:$PORT)" ||
-        { echo "secure kafka: not running"; rc=1; }
-    pid_alive "$SPID" "$SPATTERN" && echo "secure s3: running (pid $(cat "$SPID"), https://127.0.0.1:$S3_TLS_PORT)" ||
-        { echo "secure s3: not running"; rc=1; }
+    if pid_alive "$KPID" "$KPATTERN"; then
+        echo "secure kafka: running (pid $(cat "$KPID"), 127.0.0.1:$PORT)"
+    else
+        echo "secure kafka: not running"
+        rc=1
+    fi
+    if pid_alive "$SPID" "$SPATTERN"; then
+        echo "secure s3: running (pid $(cat "$SPID"), https://127.0.0.1:$S3_TLS_PORT)"
+    else
+        echo "secure s3: not running"
+        rc=1
+    fi
     return "$rc"
 }
 
