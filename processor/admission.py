@@ -12,10 +12,11 @@ share, only a place in the window.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
 
 from processor.kafka.consumer import Fetched, Unreadable
-from processor.lanes import Lanes
+from processor.lanes import Lanes, may_start
 from processor.parking import due_ms, unwrap
 
 #: The share of records whose backend cannot be told.
@@ -50,13 +51,29 @@ def backend_named(value: bytes | None) -> str | None:
 
 
 class Admission:
-    """Slots taken per backend; ``limits`` are the shares (:func:`shares`)."""
+    """Slots taken per backend; ``limits`` are the shares (:func:`shares`). With ranked
+    ``lanes``, a backend's share is taken higher lanes first, and a lane below its minimum
+    share with records waiting goes first (:func:`processor.lanes.may_start`)."""
 
     def __init__(self, limits: Mapping[str, int], default: str) -> None:
         self.limits = dict(limits)
         self.default = default
         self.taken: dict[str, int] = dict.fromkeys(self.limits, 0)
         self.taken[UNROUTED] = 0
+        self.lanes: Lanes | None = None
+        self.by_lane: Counter[tuple[str, int]] = Counter()
+        #: Held records by backend and lane, counted before each pass (:meth:`count_waiting`).
+        self.waiting: dict[str, Counter[int]] = {}
+
+    def prio(self, item: Fetched) -> int:
+        return 0 if self.lanes is None else lane_of(self.lanes, item)
+
+    def count_waiting(self, held: Iterable[tuple[str, Fetched]]) -> None:
+        """Before a pass over the held records: how many wait, by backend and lane."""
+        self.waiting = {}
+        if self.lanes is not None:
+            for backend, item in held:
+                self.waiting.setdefault(backend, Counter())[self.prio(item)] += 1
 
     def route(self, item: Fetched) -> str:
         """The backend ``item`` will call (the default when it names none), or
@@ -69,19 +86,30 @@ class Admission:
         named = named or self.default
         return named if named in self.limits else UNROUTED
 
-    def has_room(self, backend: str) -> bool:
+    def has_room(self, backend: str, item: Fetched | None = None) -> bool:
+        """Whether ``backend``'s share has a slot (for ``item``'s lane, when given)."""
         limit = self.limits.get(backend)
-        return limit is None or self.taken.get(backend, 0) < limit
+        if limit is None:
+            return True
+        if self.lanes is None or item is None:
+            return self.taken.get(backend, 0) < limit
+        running = {p: n for (b, p), n in self.by_lane.items() if b == backend}
+        waiting = self.waiting.get(backend, Counter())
+        return may_start(self.prio(item), running, waiting, limit, self.lanes.shares)
 
-    def take(self, backend: str) -> None:
+    def take(self, backend: str, prio: int = 0) -> None:
         self.taken[backend] = self.taken.get(backend, 0) + 1
+        self.by_lane[(backend, prio)] += 1
+        if backend in self.waiting:
+            self.waiting[backend][prio] -= 1
 
-    def give(self, backend: str) -> None:
+    def give(self, backend: str, prio: int = 0) -> None:
         self.taken[backend] = max(0, self.taken.get(backend, 0) - 1)
+        self.by_lane[(backend, prio)] = max(0, self.by_lane[(backend, prio)] - 1)
 
-    def giver(self, backend: str) -> Callable[[object], None]:
+    def giver(self, backend: str, prio: int = 0) -> Callable[[object], None]:
         """A done-callback that gives ``backend``'s slot back."""
-        return lambda _: self.give(backend)
+        return lambda _: self.give(backend, prio)
 
 
 def is_due(item: Fetched, now_ms: float) -> bool:

@@ -80,6 +80,7 @@ class Runner:
         self.admission = admission or Admission({}, "")
         self.lanes = Lanes(settings.backends.lanes, settings.kafka.request_topic)
         self.work.priority = lambda record: self.lanes.priority(record.topic)
+        self.admission.lanes = self.lanes if self.lanes.ranked else None
         #: Seconds one broker call may hold the loop.
         self.bound = min(
             COMMIT_TIMEOUT_S, 4 * settings.commit_interval_s, settings.drain_timeout_s / 4
@@ -186,8 +187,11 @@ class Runner:
         cap = self.settings.max_uncommitted
         held = Counter(tp for tp, _, _, verdict in self._held if verdict is None)
         wanted = {tp for tp in assigned if self.tracker.pending_gap(tp) + held[tp] >= cap}
-        if everything:  # the lowest lane (every lane when they are not ranked)
-            wanted |= {tp for tp in assigned if self.lanes.priority(tp.topic) <= self.lanes.lowest}
+        if everything and not self.lanes.ranked:
+            wanted = set(assigned)
+        elif everything:  # every lane keeps a few records at hand (a lower lane's minimum)
+            queued = Counter(tp for tp, *_ in self._held)
+            wanted |= {tp for tp in assigned if queued[tp] >= max(1, self.window // 4)}
         paused = self.consumer.paused()
         if wanted - paused:
             self.consumer.pause(*(wanted - paused))
@@ -204,6 +208,7 @@ class Runner:
         waiting, so no commit passes one that waits. Returns how many records moved on."""
         if self.lanes.ranked:  # higher lanes first; a partition's records keep their order
             self._held = deque(sorted(self._held, key=lambda e: -lane_of(self.lanes, e[1])))
+            self.admission.count_waiting((e[2], e[1]) for e in self._held)
         assigned = self.consumer.assignment() - self._revoking
         if any(not self.tracker.is_inherited(tp) for tp in assigned):
             await self._inherit(assigned)
@@ -235,12 +240,12 @@ class Runner:
                 tracker.start(tp, item.offset)
             key = (tp, key_of(item))
             share = backend if verdict is not Verdict.GIVE_UP else UNROUTED
-            if key in waiting or not admission.has_room(share) or not is_due(item, now_ms):
+            if key in waiting or not admission.has_room(share, item) or not is_due(item, now_ms):
                 kept.append((tp, item, backend, verdict))
                 waiting.add(key)
                 continue
             ready.append((tp, item, verdict, share))
-            admission.take(share)
+            admission.take(share, admission.prio(item))
             if verdict is Verdict.SOLO:
                 break
         kept.extend(self._held)
@@ -250,10 +255,10 @@ class Runner:
         if await self._write_ahead([(tp, item, verdict) for tp, item, verdict, _ in ready]):
             for tp, item, verdict, share in ready:
                 task = work.start(tp, item, verdict, registered=True)
-                task.add_done_callback(admission.giver(share))
+                task.add_done_callback(admission.giver(share, admission.prio(item)))
             return skipped + len(ready)
         for tp, item, verdict, share in reversed(ready):
-            admission.give(share)
+            admission.give(share, admission.prio(item))
             self._held.appendleft((tp, item, share, verdict))
         return skipped
 

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from processor.admission import Admission
 from processor.config import ConfigError, parse
 from processor.gate import Gate
+from processor.kafka.memory import MemoryLog
 from processor.lanes import PRIORITY, Lane, Lanes, may_start
 from processor.limiter import StaticLimit
 
@@ -95,3 +97,22 @@ def test_the_readme_scheduling_configuration_parses() -> None:
     assert [lane.priority for lane in conf.lanes] == [10, 0]
     assert conf.backends["hosted"].rate.requests_per_s == 5
     assert conf.backends["hosted"].rate.chars_burst == 5000
+
+
+def test_a_backend_share_of_the_record_window_keeps_the_low_lane_minimum() -> None:
+    log_low, log_high = MemoryLog("low"), MemoryLog("high")
+    low = [log_low.append(0) for _ in range(5)]
+    high = [log_high.append(0) for _ in range(5)]
+    admission = Admission({"b": 4}, "b")
+    admission.lanes = Lanes([Lane("high", 10), Lane("low", 0, 0.25)], "low")
+    admission.count_waiting([("b", item) for item in [*high, *low]])
+    started = []
+    for item in [*high, *low]:  # the runner's order: higher lanes first
+        if admission.has_room("b", item):
+            admission.take("b", admission.prio(item))
+            started.append(item.topic)
+    assert started == ["high", "high", "high", "low"], "a quarter of 4 kept for the backlog"
+    admission.give("b", 10)
+    admission.count_waiting([("b", item) for item in [*high[3:], *low[1:]]])
+    assert admission.has_room("b", high[3])
+    assert not admission.has_room("b", low[1]), "minimum met; the urgent lane is waiting"
