@@ -21,6 +21,8 @@ from jsonschema.exceptions import ValidationError, best_match
 
 from processor import schemas_loader
 from processor.errors import InvalidInput, Stage
+from processor.request_ids import best_effort_request_id as best_effort_request_id
+from processor.request_ids import request_id_of as request_id_of
 from processor.schemas_loader import load_schema
 
 _EMPTY: Mapping[str, object] = MappingProxyType({})
@@ -70,8 +72,6 @@ DEFAULT_MAX_METADATA_BYTES = 4096
 DEFAULT_MAX_RECORD_BYTES = 256 * 1024
 
 _SCHEMA = load_schema("request.v1.json")
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-_LEADING_REQUEST_ID = re.compile(rb'\A\s*\{\s*"request_id"\s*:\s*"([A-Za-z0-9._:-]{1,128})"')
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _SIMPLE_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _DEADLINE_HINT = "is not an RFC 3339 date-time with a time zone, e.g. 2025-06-01T12:00:00Z"
@@ -115,29 +115,6 @@ def parse_request(
     _validate(doc)
     _check_limits(doc, max_text_chars, max_metadata_bytes)
     return _build(doc)
-
-
-def best_effort_request_id(value: bytes | None) -> str | None:
-    """The record's ``request_id`` if one can be found, even in an invalid request; never raises.
-
-    Used to key the failed event for a record ``parse_request`` rejected. Looks at the top-level
-    ``request_id`` of a JSON object, or, when the value is not JSON at all (e.g. truncated), at
-    a ``request_id`` that is the object's first member.
-    """
-    try:
-        if not value:
-            return None
-        try:
-            doc = json.loads(value)
-        except (ValueError, RecursionError):
-            match = _LEADING_REQUEST_ID.match(value)
-            return match.group(1).decode("ascii") if match else None
-        candidate = doc.get("request_id") if isinstance(doc, dict) else None
-        if isinstance(candidate, str) and _REQUEST_ID.fullmatch(candidate):
-            return candidate
-        return None
-    except Exception:  # the contract is "never raises": this runs on already-bad input
-        return None
 
 
 class _NotIJson(ValueError):
@@ -376,25 +353,3 @@ def _clip(message: str, limit: int = MAX_MESSAGE_CHARS) -> str:
         message = message[: limit - 1] + "…"
     # Never hand on a string that cannot be encoded (it becomes a header and JSON elsewhere).
     return message.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-_USABLE_KEY = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-
-
-def request_id_of(
-    topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None
-) -> str:
-    """The id the processor publishes a record's outcome under: the value's request_id, else
-    the key when it is a usable id, else the record's coordinates. The pipeline publishes
-    under it and reconcile accounts by it."""
-    found = best_effort_request_id(value)
-    if found:
-        return found
-    if key:
-        try:
-            text = key.decode()
-        except UnicodeDecodeError:
-            text = ""
-        if text.isascii() and _USABLE_KEY.fullmatch(text):
-            return text
-    return f"{topic}:{partition}:{offset}"
