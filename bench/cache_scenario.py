@@ -7,10 +7,11 @@
    dead-lettered; its dead letter is then replayed: backend calls and wall time of the replay
    relative to the first render.
 
-Chunks are sentence-packed up to ``TEXT_LIMIT`` characters, so an edit that changes a
-sentence's length can move the chunk boundaries after it in the same chapter: the figures
-include that effect. Wall time is from the moment the processor holds its partitions (the
-requests already wait) to its last completion event, so the process's start-up is left out.
+With the cache on, a chunk is one sentence (``processor.chunking.split_sentences``), so an
+edit cannot move its neighbours' boundaries; a chapter seen before is read back as one bundle
+object (``processor.cache_bundle``). Wall time is from the moment the processor holds its
+partitions (the requests already wait) to its last completion event, so the process's start-up
+is left out.
 """
 
 from __future__ import annotations
@@ -24,13 +25,14 @@ from typing import TYPE_CHECKING, Any
 
 from bench.harness import Fake
 from bench.measure import Result
-from processor.chunking import split_text
+from processor.chunking import split_sentences
 from processor.kafka.records import read_to_end
+from processor.synthesis import SHORTEST_SENTENCE
 
 if TYPE_CHECKING:
     from bench.run import Bench
 
-#: Sentences are packed into chunks of at most this many characters (about three).
+#: The backend's chunk limit (with the cache on, chunks are single sentences below it).
 TEXT_LIMIT = 300
 WINDOW = 16
 EDITED_SHARE = 0.01
@@ -166,7 +168,7 @@ async def _fail_the_last_call(fake: Fake, chunks: int) -> None:
 async def replay(self: Bench, sentences: int, cache_env: dict[str, str]) -> None:
     chapter = book(1, sentences, seed=23)
     text = " ".join(chapter[0])
-    chunks = len(split_text(text, TEXT_LIMIT))
+    chunks = len(split_sentences(text, TEXT_LIMIT, shortest=SHORTEST_SENTENCE))
     first, again = f"bench.{self.run_id}.cache.chapter", f"bench.{self.run_id}.cache.replayed"
     await self.kafka.create([first, again], 1)
     self.topics += [first, again]

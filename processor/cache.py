@@ -19,12 +19,13 @@ import asyncio
 import contextlib
 import hashlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 
 import structlog
 
 from processor.audio import wav_info
 from processor.backends.base import Audio, Utterance
+from processor.cache_bundle import bundle_name, pack, unpack
 from processor.cache_key import cacheable, chunk_key, object_name
 from processor.cache_store import CacheStore, S3CacheStore
 from processor.config import BackendConfig
@@ -51,16 +52,12 @@ def audio_of(data: bytes) -> Audio:
     return Audio(data, "wav", info.sample_rate, info.channels, info.duration_ms)
 
 
-def checked(data: bytes, metadata: dict[str, str]) -> Audio | None:
-    """The object's audio if its bytes match the integrity metadata, else None."""
-    if metadata.get("bytes") != str(len(data)):
-        return None
-    if metadata.get("sha256") != hashlib.sha256(data).hexdigest():
-        return None
-    try:
-        return audio_of(data)
-    except ValueError:
-        return None
+def intact(data: bytes, metadata: dict[str, str]) -> bool:
+    """Whether the object's bytes match its integrity metadata."""
+    return (
+        metadata.get("bytes") == str(len(data))
+        and metadata.get("sha256") == hashlib.sha256(data).hexdigest()
+    )
 
 
 class ChunkCache:
@@ -89,6 +86,10 @@ class ChunkCache:
             self._skip_until = time.monotonic() + SKIP_S
             log.warning("chunk cache skipped: the store keeps failing", seconds=SKIP_S)
 
+    def fine(self, conf: BackendConfig, call: Utterance, mode: str) -> bool:
+        """Whether a request's chunks go to the cache (then they are cut one sentence each)."""
+        return mode != "bypass" and cacheable(conf, call, unseeded=self.settings.unseeded)
+
     def key(self, conf: BackendConfig, call: Utterance, mode: str) -> str | None:
         """The object name of ``call``'s chunk, or None when the cache must not serve it."""
         if mode == "bypass" or not cacheable(conf, call, unseeded=self.settings.unseeded):
@@ -103,7 +104,7 @@ class ChunkCache:
         task's call for the same chunk)."""
         if mode == "refresh":
             audio = await make()
-            await self._kept(key, audio)
+            await self._kept(self.write(key, audio))
             return audio, False
         while (flight := self._flights.get(key)) is not None:
             await asyncio.wait({flight})
@@ -120,7 +121,7 @@ class ChunkCache:
                 return hit, True
             audio = await make()
             mine.set_result(audio)
-            await self._kept(key, audio)
+            await self._kept(self.write(key, audio))
             return audio, False
         finally:
             if not mine.done():
@@ -128,13 +129,40 @@ class ChunkCache:
             if self._flights.get(key) is mine:
                 del self._flights[key]
 
-    async def _kept(self, key: str, audio: Audio) -> None:
-        """Write the chunk; if this chunk's task is cancelled meanwhile (a sibling chunk failed),
+    async def bundled(self, keys: Sequence[str], mode: str) -> dict[str, Audio]:
+        """The chunks of ``keys`` found in the request's bundle (``processor.cache_bundle``):
+        every one when the request was seen before, all but the edited ones after an edit."""
+        if mode != "use" or len(keys) < 2:
+            return {}
+        name = bundle_name(self.settings.prefix, keys)
+        data = await self._fetch(name, "bundle")
+        if data is None:
+            return {}
+        try:
+            parts = unpack(data)
+            found = {key: audio_of(parts[key]) for key in set(keys) if key in parts}
+        except (ValueError, TypeError) as exc:
+            self.metrics.cache("bundle", "corrupt")
+            log.warning("cache bundle is malformed; ignored", key=name, error=repr(exc))
+            return {}
+        whole = len(found) == len(set(keys))
+        self.metrics.cache("bundle", "hit" if whole else "partial" if found else "stale")
+        return found
+
+    async def keep_bundle(self, keys: Sequence[str], parts: Sequence[Audio], mode: str) -> None:
+        """Write the request's bundle (its chunks in order), as a chunk is written."""
+        if mode == "bypass" or len(keys) < 2:
+            return
+        data = pack(keys, [part.data for part in parts])
+        await self._kept(self._put(bundle_name(self.settings.prefix, keys), data, "bundle_write"))
+
+    async def _kept(self, write: Coroutine[None, None, None]) -> None:
+        """Finish ``write``; if the chunk's task is cancelled meanwhile (a sibling chunk failed),
         the write still finishes, so a replay of the record does not pay for this chunk again."""
-        write = asyncio.ensure_future(self.write(key, audio))
-        self._writes.add(write)
-        write.add_done_callback(self._writes.discard)
-        await asyncio.shield(write)
+        done = asyncio.ensure_future(write)
+        self._writes.add(done)
+        done.add_done_callback(self._writes.discard)
+        await asyncio.shield(done)
 
     async def settle(self, timeout: float) -> None:
         """Let writes still in flight finish, for at most ``timeout`` seconds (on the way out)."""
@@ -143,54 +171,70 @@ class ChunkCache:
 
     async def lookup(self, key: str) -> Audio | None:
         """The cached chunk, or None: missing, corrupt, or the store failing or slow."""
+        data = await self._fetch(key, "lookup")
+        if data is None:
+            return None
+        try:
+            audio = audio_of(data)
+        except ValueError:
+            self.metrics.cache("lookup", "corrupt")
+            log.warning("cache object is not a WAV; ignored", key=key)
+            return None
+        self.metrics.cache("lookup", "hit")
+        return audio
+
+    async def _fetch(self, key: str, op: str) -> bytes | None:
+        """The object's bytes if they match its integrity metadata; None when it is missing or
+        corrupt or the store fails or is slow (each counted under ``op``)."""
         async with self._slots:
             if self._skipping():
-                self.metrics.cache("lookup", "skipped")
+                self.metrics.cache(op, "skipped")
                 return None
             try:
                 read = self.store.read(key)
                 found = await asyncio.wait_for(read, self.settings.lookup_timeout_s)
             except Exception as exc:  # any store trouble is a miss, never a hold
                 self._failed()
-                self.metrics.cache("lookup", "error")
+                self.metrics.cache(op, "error")
                 log.warning("cache lookup failed; a miss", key=key, error=repr(exc))
                 return None
         self._failures = 0
         if found is None:
-            self.metrics.cache("lookup", "miss")
+            self.metrics.cache(op, "miss")
             return None
         data, metadata = found
-        audio = checked(data, dict(metadata))
-        if audio is None:
-            self.metrics.cache("lookup", "corrupt")
+        if not intact(data, dict(metadata)):
+            self.metrics.cache(op, "corrupt")
             log.warning("cache object fails its integrity check; ignored", key=key)
             return None
-        self.metrics.cache("lookup", "hit")
-        return audio
+        return data
 
     async def write(self, key: str, audio: Audio) -> None:
         """Store the chunk with its integrity metadata; a failure is logged and counted."""
+        await self._put(key, audio.data, "write")
+
+    async def _put(self, key: str, data: bytes, op: str) -> None:
         metadata = {
-            "sha256": hashlib.sha256(audio.data).hexdigest(),
-            "bytes": str(len(audio.data)),
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "bytes": str(len(data)),
             # No quality gate checks chunks yet; one that does must not take "unchecked" for
             # "passed" (a hit counts for the gate only if it passed when written).
             "gate": "unchecked",
         }
         async with self._slots:
             if self._skipping():
-                self.metrics.cache("write", "skipped")
+                self.metrics.cache(op, "skipped")
                 return
             try:
-                put = self.store.write(key, audio.data, metadata)
+                put = self.store.write(key, data, metadata)
                 await asyncio.wait_for(put, WRITE_TIMEOUT_S)
             except Exception as exc:
                 self._failed()
-                self.metrics.cache("write", "failed")
+                self.metrics.cache(op, "failed")
                 log.warning("cache write failed", key=key, error=repr(exc))
                 return
         self._failures = 0
-        self.metrics.cache("write", "ok")
+        self.metrics.cache(op, "ok")
 
 
 @contextlib.asynccontextmanager

@@ -67,7 +67,7 @@ class S3CacheStore(s3.Connection):
             Bucket=self.bucket,
             Key=key,
             Body=data,
-            ContentType="audio/wav",
+            ContentType="audio/wav" if key.endswith(".wav") else "application/octet-stream",
             Metadata=dict(metadata),
         )
 

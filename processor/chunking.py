@@ -90,6 +90,39 @@ def split_text(text: str, limit: int) -> list[str]:
     return _absorb_whitespace(_split(text, limit, 0), limit)
 
 
+def split_sentences(text: str, limit: int, *, shortest: int = 0) -> list[str]:
+    """``text`` cut at every sentence end: one sentence a chunk, for the chunk cache.
+
+    A sentence longer than ``limit`` is cut as :func:`split_text` cuts it; one shorter than
+    ``shortest`` characters is joined to the next while the two fit in ``limit``. A boundary
+    thus depends only on the sentences right before it, so editing one sentence cannot move the
+    boundaries around the others (greedy packing can). ``"".join(result) == text``.
+    """
+    if limit < 1:
+        raise ValueError(f"chunk limit must be at least 1 character, not {limit}")
+    if not text:
+        return []
+    chunks: list[str] = []
+    pack = ""
+    for piece in _pieces(text, _sentence_ends(text)):
+        if len(piece) > limit:
+            if pack:
+                chunks.append(pack)
+                pack = ""
+            chunks.extend(_split(piece, limit, 1))
+            continue
+        if pack and len(pack) + len(piece) > limit:
+            chunks.append(pack)
+            pack = ""
+        pack += piece
+        if len(pack) >= shortest:
+            chunks.append(pack)
+            pack = ""
+    if pack:
+        chunks.append(pack)
+    return _absorb_whitespace(chunks, limit)
+
+
 def _split(segment: str, limit: int, level: int) -> list[str]:
     """Greedy packing of ``segment``'s pieces at ``level``; oversize pieces go one level down."""
     if len(segment) <= limit:

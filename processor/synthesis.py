@@ -19,7 +19,7 @@ from processor import tracing
 from processor.audio import join_wavs, wav_info
 from processor.backends.base import Audio, ReferenceAudio, ReferenceLoader, Utterance, utterance_of
 from processor.cache import ChunkCache
-from processor.chunking import split_text
+from processor.chunking import split_sentences, split_text
 from processor.errors import Expired, InvalidInput, Stage, VoxlineError
 from processor.observability import Metrics
 from processor.request import Request
@@ -30,6 +30,9 @@ from processor.transcode import transcode
 from processor.usage import Usage
 
 Logger = structlog.typing.FilteringBoundLogger
+
+#: With the cache on, a sentence shorter than this joins the next in one chunk (``Yes.``).
+SHORTEST_SENTENCE = 24
 
 
 def check_deadline(request: Request) -> None:
@@ -117,13 +120,10 @@ class Synthesizer:
         route.backend.check(utterance_of(request))
         reference = await self._reference(request, tally, rlog)
         # Whitespace-only pieces carry nothing to speak (validation guarantees some text).
-        texts = [t for t in split_text(request.text, route.config.text_limit) if t.strip()]
+        texts = [t for t in self._texts(route, request) if t.strip()]
         calls = [utterance_of(request, text, reference=reference) for text in texts]
         usage.chunks = len(calls)
-        if len(calls) == 1:  # the common case: no tasks to spawn
-            parts = [await self._chunk(job, calls[0])]
-        else:
-            parts = await self._chunks(job, calls)
+        parts = await self._parts(job, calls)
         audio = await self._finish(join(parts), request, rlog)
         usage.audio_ms = audio.duration_ms
         return Synthesized(audio, len(parts), time.monotonic() - t0, usage)
@@ -147,9 +147,46 @@ class Synthesizer:
             before_wait=self._waiting(request, tally, rlog),
         )
 
-    async def _chunks(self, job: Job, calls: list[Utterance]) -> list[Audio]:
+    def _texts(self, route: Route, request: Request) -> list[str]:
+        """The chunks' texts: one sentence each when the cache serves the request (an edited
+        sentence then misses only itself), else whole sentences packed up to the limit."""
+        limit = route.config.text_limit
+        if self.cache is not None and self.cache.fine(
+            route.config, utterance_of(request), request.cache
+        ):
+            return split_sentences(request.text, limit, shortest=SHORTEST_SENTENCE)
+        return split_text(request.text, limit)
+
+    async def _parts(self, job: Job, calls: list[Utterance]) -> list[Audio]:
+        """Every chunk's audio: from the request's cache bundle, the chunk cache or the
+        backend; the bundle is written again when any chunk came from elsewhere."""
+        cache, mode = self.cache, job.request.cache
+        keys = [None if cache is None else cache.key(job.route.config, c, mode) for c in calls]
+        named = [k for k in keys if k is not None]
+        whole = cache is not None and len(named) == len(keys)
+        found = await cache.bundled(named, mode) if cache is not None and whole else {}
+        todo = [i for i, key in enumerate(keys) if key is None or key not in found]
+        if len(todo) == 1:  # the common case: no tasks to spawn
+            made = [await self._chunk(job, calls[todo[0]], keys[todo[0]])]
+        else:
+            made = await self._chunks(job, [(i, calls[i], keys[i]) for i in todo])
+        fresh = iter(made)
+        parts = [found[key] if key is not None and key in found else next(fresh) for key in keys]
+        for key in named:
+            if key in found:
+                job.usage.cache_hits += 1
+                job.usage.audio_ms += found[key].duration_ms
+        if cache is not None and whole and todo:
+            await cache.keep_bundle(named, parts, mode)
+        return parts
+
+    async def _chunks(
+        self, job: Job, calls: list[tuple[int, Utterance, str | None]]
+    ) -> list[Audio]:
         """Chunks concurrently (the gate bounds the calls); the first failure cancels the rest."""
-        tasks = [tracing.chunk_task(i, self._chunk(job, call)) for i, call in enumerate(calls)]
+        if not calls:
+            return []
+        tasks = [tracing.chunk_task(i, self._chunk(job, call, key)) for i, call, key in calls]
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         finally:
@@ -162,10 +199,9 @@ class Synthesizer:
                 raise failure
         return [task.result() for task in tasks]
 
-    async def _chunk(self, job: Job, call: Utterance) -> Audio:
+    async def _chunk(self, job: Job, call: Utterance, key: str | None) -> Audio:
         """One chunk: from the cache, or made by the backend (and then cached)."""
         cache, mode = self.cache, job.request.cache
-        key = None if cache is None else cache.key(job.route.config, call, mode)
         if cache is None or key is None:
             audio = await self._made(job, call)
         else:

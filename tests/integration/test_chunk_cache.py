@@ -16,14 +16,16 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from processor.backends.base import Utterance
 from processor.cache import ChunkCache
+from processor.cache_bundle import bundle_name, unpack
 from processor.cache_key import chunk_key, object_name
 from processor.cache_store import S3CacheStore
-from processor.chunking import split_text
+from processor.chunking import split_sentences
 from processor.errors import Permanent, Stage
 from processor.observability import Metrics
 from processor.ops.cli import main
 from processor.ops.client import read_dead_letters, replay
 from processor.settings import CacheSettings, Settings
+from processor.synthesis import SHORTEST_SENTENCE
 from processor.testing import ScriptedBackend, tone
 from tests.fakes.openai_server import running_fake
 from tests.integration.harness import (
@@ -77,8 +79,9 @@ async def test_cache_twice_edit_single_flight_and_corrupt_object(
             unique_settings(services, "cache", config_path=_config(tmp_path, fake.url))
         )
         async with running(settings) as app:
+            same = "Again and again, the same. " * 6
             first, twin = await _round(
-                settings, [("a", CHAPTER, {"seed": 1}), ("same", "Again. " * 6, {"seed": 1})]
+                settings, [("a", CHAPTER, {"seed": 1}), ("same", same, {"seed": 1})]
             )
             assert first["usage"]["backend_calls"] == first["chunks"] == _calls(fake) - 1
             # Six identical chunks of one request, in flight together: one call (single-flight).
@@ -111,21 +114,32 @@ async def test_cache_twice_edit_single_flight_and_corrupt_object(
             )
             assert [e["usage"]["cache_hits"] for e in changed] == [0, 0, 0, 0]
 
-            # A truncated object (integrity metadata kept) is ignored and rewritten.
+            # A truncated object (integrity metadata kept) is ignored and rewritten: the
+            # request's bundle, then (read one by one instead) its first chunk.
             async with S3CacheStore(
                 settings.store.bucket, settings.cache.prefix, endpoint_url=services.s3_endpoint_url
             ) as store:
                 conf = settings.backends.backends["tts"]
-                call = Utterance(split_text(CHAPTER, conf.text_limit)[0], seed=1)
-                victim = object_name(settings.cache.prefix, chunk_key(conf, call))
-                data, meta = await store.read(victim) or (b"", {})
-                await store.write(victim, data[: len(data) // 2], meta)
+                texts = split_sentences(CHAPTER, conf.text_limit, shortest=SHORTEST_SENTENCE)
+                keys = [
+                    object_name(settings.cache.prefix, chunk_key(conf, Utterance(t, seed=1)))
+                    for t in texts
+                ]
+                victims = [keys[0], bundle_name(settings.cache.prefix, keys)]
+                kept = {}
+                for victim in victims:
+                    kept[victim] = data, meta = await store.read(victim) or (b"", {})
+                    await store.write(victim, data[: len(data) // 2], meta)
                 before = _calls(fake)
                 (fourth,) = await _round(settings, [("e", CHAPTER, {"seed": 1})])
                 assert fourth["usage"]["backend_calls"] == 1 == _calls(fake) - before
-                assert (await store.read(victim) or (b"", {}))[0] == data
+                assert (await store.read(keys[0]) or (b"", {}))[0] == kept[keys[0]][0]
+                # The bundle held the edited chapter ("c"); now it holds this one's chunks.
+                bundle = (await store.read(victims[1]) or (b"", {}))[0]
+                assert list(unpack(bundle)) == keys
             text = app.metrics.render().decode()
             assert 'voxline_cache_total{op="lookup",result="corrupt"} 1.0' in text
+            assert 'voxline_cache_total{op="bundle",result="corrupt"} 1.0' in text
 
 
 async def test_unseeded_requests_to_a_sampling_backend_are_not_cached(
@@ -242,7 +256,7 @@ async def test_a_replayed_dead_letter_redoes_only_its_failed_chunk(
         unique_settings(services, "replay", config_path=_config(tmp_path, "http://127.0.0.1:9"))
     )
     text = f"{CHAPTER} This last one is REFUSED."
-    chunks = len(split_text(text, 60))
+    chunks = len(split_sentences(text, 60, shortest=SHORTEST_SENTENCE))
     cache = S3CacheStore(
         settings.store.bucket, settings.cache.prefix, endpoint_url=services.s3_endpoint_url
     )

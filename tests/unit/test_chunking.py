@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from processor.chunking import split_text
+from processor.chunking import split_sentences, split_text
 
 # Sample prose, written for these tests.
 ZH_PARAGRAPHS = [
@@ -177,6 +177,66 @@ def test_sentences_shorter_than_the_limit_are_never_cut(sentences: list[str], ex
     chunks = split_text(text, limit)
     check_invariants(text, limit, chunks)
     assert set(cuts(chunks)) <= set(itertools.accumulate(map(len, sentences)))
+
+
+@NO_DEADLINE
+@given(
+    text=st.text() | st.lists(st.sampled_from(TRICKY)).map("".join),
+    limit=st.integers(1, 40),
+    shortest=st.integers(0, 40),
+)
+def test_sentence_chunks_join_back_and_respect_the_limit(
+    text: str, limit: int, shortest: int
+) -> None:
+    chunks = split_sentences(text, limit, shortest=shortest)
+    assert "".join(chunks) == text
+    assert all(1 <= len(chunk) <= limit for chunk in chunks), [len(c) for c in chunks]
+
+
+#: As ``WESTERN_SENTENCE``, without one-letter words (``a.`` is taken for an initial).
+PLAIN_SENTENCE = st.builds(
+    lambda words, end, gap: " ".join(words) + end + gap,
+    st.lists(st.text(LETTERS, min_size=2, max_size=8), min_size=1, max_size=6),
+    st.sampled_from([".", "!", "?", "?!", "...", ";"]),
+    st.sampled_from([" ", "  ", "\n", "\n\n", " \n"]),
+)
+
+
+@NO_DEADLINE
+@given(
+    sentences=st.lists(PLAIN_SENTENCE | CHINESE_SENTENCE, min_size=1, max_size=30),
+    extra=st.integers(0, 120),
+    edited=st.integers(0, 29),
+)
+def test_sentence_chunks_are_the_sentences_and_an_edit_moves_no_other(
+    sentences: list[str], extra: int, edited: int
+) -> None:
+    text = "".join(sentences)
+    limit = max(map(len, sentences)) + extra
+    chunks = split_sentences(text, limit)
+    assert "".join(chunks) == text
+    assert set(cuts(chunks)) == set(itertools.accumulate(map(len, sentences[:-1])))
+    at = edited % len(sentences)
+    changed = [*sentences[:at], "Edited words here. ", *sentences[at + 1 :]]
+    others = split_sentences("".join(changed), max(limit, 19))
+    assert [c for i, c in enumerate(others) if i != at] == [
+        c for i, c in enumerate(split_sentences(text, max(limit, 19))) if i != at
+    ]
+
+
+def test_short_sentences_join_the_next_one() -> None:
+    text = "Yes. Go. The long sentence follows here. Fine."
+    assert split_sentences(text, 40, shortest=8) == [
+        "Yes. Go. ",
+        "The long sentence follows here. ",
+        "Fine.",
+    ]
+    assert split_sentences(text, 40) == [
+        "Yes. ",
+        "Go. ",
+        "The long sentence follows here. ",
+        "Fine.",
+    ]
 
 
 GAP = st.sampled_from([" ", "  ", "\n", "\t", " \n ", "\n\n"])

@@ -256,7 +256,7 @@ async def test_bypass_and_refresh() -> None:
     assert world.cache_store.writes == writes
     refresh = await world.send(cache="refresh")
     assert refresh["usage"]["cache_hits"] == 0
-    assert world.cache_store.writes == writes + first["chunks"]
+    assert world.cache_store.writes == writes + first["chunks"] + 1  # and the request's bundle
 
 
 async def test_concurrent_identical_chunks_call_the_backend_once() -> None:
@@ -271,6 +271,8 @@ async def test_concurrent_identical_chunks_call_the_backend_once() -> None:
 async def test_a_corrupt_or_truncated_object_is_ignored_and_rewritten() -> None:
     world = World()
     first = await world.send()
+    for bundle in [k for k in world.cache_store.objects if not k.endswith(".wav")]:
+        del world.cache_store.objects[bundle]  # so the chunks are read one by one
     keys = sorted(world.cache_store.objects)
     data, meta = world.cache_store.objects[keys[0]]
     world.cache_store.objects[keys[0]] = (data[: len(data) // 2], meta)  # truncated
@@ -284,6 +286,46 @@ async def test_a_corrupt_or_truncated_object_is_ignored_and_rewritten() -> None:
     assert world.audio(second) == world.audio(first)
     third = await world.send()
     assert third["usage"]["backend_calls"] == 0
+
+
+async def test_a_request_seen_before_is_one_read_of_its_bundle() -> None:
+    world = World()
+    first = await world.send()
+    assert first["chunks"] == 12  # one sentence a chunk with the cache on
+    reads = world.cache_store.reads
+    second = await world.send()
+    assert world.cache_store.reads == reads + 1
+    assert second["usage"]["backend_calls"] == 0
+    assert second["usage"]["cache_hits"] == 12
+    assert world.audio(second) == world.audio(first)
+    assert world.metric("voxline_cache_total", op="bundle", result="hit") == 1
+
+
+async def test_an_edited_sentence_reads_the_bundle_and_its_own_chunk_only() -> None:
+    world = World()
+    await world.send()
+    reads = world.cache_store.reads
+    edited = await world.send(text=CHAPTER.replace("number 5 of", "number five of"))
+    assert edited["usage"]["backend_calls"] == 1
+    assert edited["usage"]["cache_hits"] == 11
+    assert world.cache_store.reads == reads + 2  # the bundle, then the edited chunk (a miss)
+    assert world.metric("voxline_cache_total", op="bundle", result="partial") == 1
+    again = await world.send(text=CHAPTER.replace("number 5 of", "number five of"))
+    assert again["usage"]["backend_calls"] == 0  # the bundle was written again, edit included
+    assert world.audio(again) == world.audio(edited)
+
+
+async def test_a_corrupt_bundle_is_ignored_and_rewritten() -> None:
+    world = World()
+    first = await world.send()
+    (name,) = [k for k in world.cache_store.objects if not k.endswith(".wav")]
+    data, meta = world.cache_store.objects[name]
+    world.cache_store.objects[name] = (data[:-1] + bytes([data[-1] ^ 0xFF]), meta)
+    second = await world.send()
+    assert second["usage"]["backend_calls"] == 0  # every chunk read on its own instead
+    assert world.metric("voxline_cache_total", op="bundle", result="corrupt") == 1
+    assert world.audio(second) == world.audio(first)
+    assert world.cache_store.objects[name][0] == data
 
 
 async def test_a_store_down_is_a_miss_and_then_skipped_for_a_while() -> None:
