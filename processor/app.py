@@ -197,7 +197,7 @@ class App:
         conf = s.backends
         built = {n: build_backend(c) for n, c in conf.backends.items() if n not in self._given}
         references: ReferenceLoader
-        sink = KafkaSink(s.kafka, on_health=self.health.set_sink_ok)
+        sink = KafkaSink(s.kafka, on_health=self.health.set_sink_ok, registry=self.metrics.registry)
         store = S3Store(
             s.store.bucket,
             endpoint_url=s.store.endpoint_url,

@@ -344,7 +344,7 @@ class Health:
         if self._draining:
             return False, "draining"
         if not self._sink_ok:
-            return False, "event producer down: being replaced"
+            return False, "event producer down: being replaced, or refused a topic (see the log)"
         if self._open and all(self._open.values()):
             return False, "all backend breakers open: " + ", ".join(sorted(self._open))
         return True, "ok"

@@ -1,16 +1,18 @@
 """Kafka access failures said in one line: a refused password, a broker certificate the CA
 bundle does not trust, a missing ACL. The Kafka client only reports "Unable to bootstrap" or
-an error class; ``diagnose`` finds the cause, ``check`` looks before ``voxline run`` starts, and
-``guarded`` turns what the operator tools hit into ``AccessDenied``."""
+an error class; ``diagnose`` finds the cause, ``check`` looks before ``voxline run`` starts,
+``guarded`` turns what the operator tools hit into ``AccessDenied``, and ``Denials`` says once
+per topic that a running processor lost the right to write it (issue 18)."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import ssl
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
+import structlog
 from aiokafka.client import AIOKafkaClient, CoordinationType
 from aiokafka.conn import create_conn
 from aiokafka.errors import (
@@ -22,13 +24,14 @@ from aiokafka.errors import (
     TopicAuthorizationFailedError,
 )
 from aiokafka.protocol.metadata import MetadataRequest
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from processor.kafka.acl_metadata import NOT_COMPUTED, OPERATION_BITS, AuthorizedOperations
 from processor.kafka.options import connection_options
-from processor.parking import retry_topic
 from processor.settings import KafkaSettings
 
 T = TypeVar("T")
+log = structlog.get_logger("voxline.access")
 
 #: Kafka's error code for "this principal may not see that topic" (TOPIC_AUTHORIZATION_FAILED).
 TOPIC_DENIED = 29
@@ -52,6 +55,9 @@ class Need:
 
 def needs(kafka: KafkaSettings, **operations: str) -> list[Need]:
     """Needs by role: ``needs(kafka, requests="READ", dlq="WRITE")``."""
+    # Imported here: parking imports the sink, which imports this module (``Denials``).
+    from processor.parking import retry_topic
+
     topics = {
         "requests": (kafka.request_topic, "the request topic"),
         "completions": (kafka.completion_topic, "the completion topic"),
@@ -267,3 +273,62 @@ async def guarded(kafka: KafkaSettings, work: Awaitable[T], needs: list[Need]) -
         raise AccessDenied(topic_denied(kafka, need)) from exc
     except GroupAuthorizationFailedError as exc:
         raise AccessDenied(group_denied(kafka)) from exc
+
+
+class Denials:
+    """Topics a running producer was refused (TOPIC_AUTHORIZATION_FAILED: an ACL revoked
+    while ``voxline run`` runs). Each is said once, in one error line naming the topic, the
+    principal and the grant, however many records and retries meet it; ``on_change`` hears
+    whether any topic is refused (readiness); the metrics count the refused sends and show
+    which topics are refused now. The records wait (a ``Systemic`` hold) until access returns:
+    nothing is lost, and ``allowed`` says so once."""
+
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        registry: CollectorRegistry | None = None,
+        on_change: Callable[[bool], None] = lambda _: None,
+    ) -> None:
+        self.kafka = kafka
+        self.topics: set[str] = set()
+        self._on_change = on_change
+        self._writes = {n.topic: n for n in needs(kafka, completions="WRITE", dlq="WRITE")}
+        delay = needs(kafka, delay="WRITE")[0]
+        self._writes.setdefault(delay.topic, delay)
+        self._sends = Counter(
+            "voxline_kafka_topic_denied_sends_total",
+            "Sends the broker refused: the principal may not write the topic (held, retried).",
+            ["topic"],
+            registry=registry,
+        )
+        self._denied = Gauge(
+            "voxline_kafka_topic_denied",
+            "1 while the producer may not write the topic (its records are held), else 0.",
+            ["topic"],
+            registry=registry,
+        )
+
+    def denied(self, topic: str) -> str:
+        """A send to ``topic`` was refused: the one-line cause (logged the first time)."""
+        need = self._writes.get(topic) or Need(topic, "WRITE", "a topic it writes")
+        message = topic_denied(self.kafka, need)
+        self._sends.labels(topic).inc()
+        if topic not in self.topics:
+            self.topics.add(topic)
+            self._denied.labels(topic).set(1)
+            log.error(
+                f"{message}; its records are held (not ready) until access returns",
+                topic=topic,
+                principal=_user(self.kafka),
+                grant=f"{need.operation} on topic {topic}",
+            )
+            self._on_change(True)
+        return message
+
+    def allowed(self, topic: str) -> None:
+        """A send to ``topic`` went through: if it was refused before, say it is back."""
+        if topic in self.topics:
+            self.topics.discard(topic)
+            self._denied.labels(topic).set(0)
+            log.info(f"Kafka authorization restored: {_user(self.kafka)} writes {topic!r} again")
+            self._on_change(bool(self.topics))
