@@ -15,7 +15,9 @@ from cloudevents.core.v1.event import CloudEvent
 from processor import request
 from processor.cloudevents_in import open_record
 from processor.errors import InvalidInput
+from processor.kafka.records import Record
 from processor.request_ids import best_effort_request_id, request_id_of
+from tests.unit.test_pipeline import World
 
 ENVELOPE = {"specversion": "1.0", "id": "evt-1", "source": "/knative", "type": "tts.requested"}
 #: Invalid as a request: no text, and an unknown field.
@@ -87,3 +89,18 @@ def test_without_an_id_the_key_then_the_coordinates_key_the_outcome() -> None:
 def test_request_still_exports_the_readers() -> None:
     assert request.best_effort_request_id is best_effort_request_id
     assert request.request_id_of is request_id_of
+
+
+async def test_the_pipeline_keys_the_failed_event_of_a_structured_event_by_its_request_id() -> None:
+    attributes = {k: v for k, v in ENVELOPE.items() if k != "specversion"}
+    message = ce_kafka.to_structured_event(CloudEvent(attributes=attributes, data=BAD_REQUEST))
+    headers = list(message.headers.items())
+    world = World()
+    bad = Record("requests", 0, 3, b"partition-key", message.value, 0, headers)
+    assert await world.pipeline.handle(bad) == "failed"
+    (event,) = world.events()
+    assert (event["request_id"], event["status"]) == ("ce-bad-1", "failed")
+    (published,) = world.sink.on("done")
+    assert (published.key, published.header("ce_subject")) == (b"ce-bad-1", "ce-bad-1")
+    (letter,) = world.dead_letters()
+    assert letter.key == b"partition-key"  # the dead letter is the record as it came
