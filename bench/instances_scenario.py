@@ -6,7 +6,8 @@ its part of the capacity without the others telling it. For each fleet size, ove
 time box from its first completion: total goodput against the best fixed total window (one
 processor with a fixed window, swept), the failed-call rate (the fake's own counts), and each
 instance's share of the records finished in the box (from its ``/metrics``; the box starts
-once every instance has finished a record, so the group's start-up is left out). Targets:
+once every instance has finished a record, so the group's start-up is left out), and its window
+limit in the box (mean, min, max of ``/metrics`` sampled every 0.5 s). Targets:
 goodput >= 0.9 of the best fixed window, failed calls <= 1 %, no instance below half of a fair
 share.
 """
@@ -68,11 +69,13 @@ async def fleet(self: Bench, fake: Fake, topic: str, size: int, box_s: float) ->
         "VOXLINE_ADAPTIVE": "true",
         "S3_PREFIX": f"bench/{self.run_id}/instances/x{size}/",
     }
+    processors: list[Processor] = []
     async with contextlib.AsyncExitStack() as stack:
         for i, port in enumerate(ports):
             env = base | {"VOXLINE_HTTP_PORT": str(port)}
             log = self.raw / f"instances.x{size}.p{i + 1}.log"
-            await stack.enter_async_context(Processor("voxline", env, log))
+            processors.append(Processor("voxline", env, log, metrics_port=port))
+            await stack.enter_async_context(processors[-1])
         started = time.time()
         # Measured once every instance has finished records (the group has settled).
         while not all([await succeeded(port) for port in ports]):
@@ -91,7 +94,14 @@ async def fleet(self: Bench, fake: Fake, topic: str, size: int, box_s: float) ->
         "goodput": round(measure.rate_between(ok, first, first + box_s), 1),
         "failed_pct": round(100 * measure.share(bad, good + bad), 2),
         "shares": [round(s / total, 3) for s in shares],
+        "windows": [window_span(p.limits, first, first + box_s) for p in processors],
     }
+
+
+def window_span(limits: list[tuple[float, float]], start: float, end: float) -> list[float]:
+    """Mean, lowest and highest window limit sampled between ``start`` and ``end``."""
+    seen = [limit for at, limit in limits if start <= at < end] or [0.0]
+    return [round(sum(seen) / len(seen), 1), min(seen), max(seen)]
 
 
 async def instances(self: Bench) -> None:
@@ -114,7 +124,8 @@ async def instances(self: Bench) -> None:
         lowest = min(f["shares"]) * size
         self.say(
             f"instances: x{size}: {f['goodput']}/s vs best fixed {best:.1f}/s (w={best_window}), "
-            f"{f['failed_pct']} % failed calls, shares {f['shares']}"
+            f"{f['failed_pct']} % failed calls, shares {f['shares']}, "
+            f"windows (mean, min, max) {f['windows']}"
         )
         rows = (
             (f"x{size}: goodput / best fixed window", f["goodput"] / best if best else 0, ">= 0.9"),
