@@ -61,6 +61,10 @@ class Request:
     deadline: dt.datetime | None = None
     metadata: Mapping[str, str] = dataclasses.field(default_factory=lambda: _EMPTY_STR)
     cache: str = "use"  # the chunk cache: use | refresh | bypass (processor.cache)
+    text_type: str = "text"  # text | ssml (processor.ssml)
+    lexicons: tuple[str, ...] = ()  # s3:// PLS files (processor.lexicon)
+    marks: frozenset[str] = frozenset()  # sentence | ssml | word (processor.marks)
+    subtitles: frozenset[str] = frozenset()  # srt | vtt (processor.subtitles)
 
 
 #: Longest error message ``parse_request`` produces (it also lands in a dead-letter header).
@@ -237,6 +241,10 @@ def _build(doc: dict[str, Any]) -> Request:
         deadline=None if deadline is None else schemas_loader.parse_rfc3339(deadline),
         metadata=MappingProxyType(dict(doc.get("metadata", {}))),
         cache=doc.get("cache", "use"),
+        text_type=doc.get("text_type", "text"),
+        lexicons=tuple(doc.get("lexicons", ())),
+        marks=frozenset(doc.get("marks", ())),
+        subtitles=frozenset(doc.get("subtitles", ())),
     )
 
 

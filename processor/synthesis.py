@@ -22,9 +22,12 @@ from processor.cache import ChunkCache
 from processor.chunking import split_sentences, split_text
 from processor.errors import Expired, InvalidInput, Stage, VoxlineError
 from processor.observability import Metrics
+from processor.quality import Thresholds
+from processor.quality_gate import QualityGate
 from processor.request import Request
 from processor.retry import Decision, Policy
 from processor.routes import Route
+from processor.segments import Timing, join_pieces, plan_of, utterance_for
 from processor.steps import Tally, now, run_step
 from processor.transcode import transcode
 from processor.usage import Usage
@@ -64,6 +67,8 @@ class Synthesized:
     chunks: int
     seconds: float
     usage: Usage = dataclasses.field(default_factory=Usage)
+    #: the segment plan and where each piece landed (SSML, marks, subtitles), else None
+    timing: Timing | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -87,7 +92,9 @@ class Synthesizer:
         store_policy: Policy,
         metrics: Metrics,
         cache: ChunkCache | None = None,
+        quality: Thresholds | None = None,
     ) -> None:
+        self.quality = QualityGate(quality or Thresholds(enabled=False), metrics)
         self.routes = routes
         self.default_route = default_route
         self.references = references
@@ -117,16 +124,25 @@ class Synthesizer:
         job = Job(route, request, tally, rlog, usage)
         check_deadline(request)
         t0 = time.monotonic()
+        # SSML (or timing marks): segments and exact silences (processor.segments), else chunks.
+        plan = plan_of(request, route.config.text_limit, phonemes=route.config.kind == "espeak")
         route.backend.check(utterance_of(request))
         reference = await self._reference(request, tally, rlog)
-        # Whitespace-only pieces carry nothing to speak (validation guarantees some text).
-        texts = [t for t in self._texts(route, request) if t.strip()]
-        calls = [utterance_of(request, text, reference=reference) for text in texts]
+        if plan is None:
+            # Whitespace-only pieces carry nothing to speak (validation guarantees some text).
+            texts = [t for t in self._texts(route, request) if t.strip()]
+            calls = [utterance_of(request, text, reference=reference) for text in texts]
+        else:
+            calls = [utterance_for(request, piece, reference) for piece in plan.pieces]
+            for call in calls:
+                route.backend.check(call)
         usage.chunks = len(calls)
         parts = await self._parts(job, calls)
-        audio = await self._finish(join(parts), request, rlog)
+        joined = None if plan is None else join_pieces(parts, [p.gap_ms for p in plan.pieces])
+        audio = await self._finish(join(parts) if joined is None else joined.audio, request, rlog)
         usage.audio_ms = audio.duration_ms
-        return Synthesized(audio, len(parts), time.monotonic() - t0, usage)
+        timing = None if plan is None or joined is None else Timing(plan, joined)
+        return Synthesized(audio, len(parts), time.monotonic() - t0, usage, timing)
 
     async def _reference(
         self, request: Request, tally: Tally, rlog: Logger
@@ -213,12 +229,16 @@ class Synthesizer:
     async def _made(self, job: Job, call: Utterance) -> Audio:
         """One chunk by the backend: retried on transient errors, held while it is down."""
         route = job.route
-        return await run_step(
-            lambda: self._call(job, call),
-            route.policy,
-            breaker_open=lambda: route.gate.is_open,
-            before_wait=self._waiting(job.request, job.tally, job.rlog),
-        )
+
+        async def once(this: Utterance) -> Audio:
+            return await run_step(
+                lambda: self._call(job, this),
+                route.policy,
+                breaker_open=lambda: route.gate.is_open,
+                before_wait=self._waiting(job.request, job.tally, job.rlog),
+            )
+
+        return await self.quality.made(call, route.name, once, job.rlog)
 
     async def _call(self, job: Job, call: Utterance) -> Audio:
         route, tally, rlog = job.route, job.tally, job.rlog
