@@ -6,8 +6,10 @@
     ├── Permanent           dead-lettered at once as ``permanent``
     │   ├── InvalidInput    ... as ``invalid_input`` (bad record, bad request for a backend)
     │   ├── Expired         ... as ``expired`` (past the request's deadline)
-    │   └── InternalError   ... as ``internal_error`` (Voxline itself failed on this record,
+    │   ├── InternalError   ... as ``internal_error`` (Voxline itself failed on this record,
     │                       again and again: a bug, not the record's or a backend's fault)
+    │   └── QualityFailed   ... as ``quality`` (processor.quality_gate: the audio failed the
+    │                       quality gate on every regeneration)
     └── Systemic            the backend or store is down for everyone: the record waits and
                             is retried, never dead-lettered for it
 
@@ -34,6 +36,7 @@ class Reason(enum.StrEnum):
     RETRIES_EXHAUSTED = "retries_exhausted"
     EXPIRED = "expired"
     INTERNAL_ERROR = "internal_error"
+    QUALITY = "quality"
 
 
 class VoxlineError(Exception):

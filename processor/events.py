@@ -156,6 +156,8 @@ class Failure:
     first_failed_at: dt.datetime
     failed_at: dt.datetime
     http_status: int | None = None
+    #: More ``dlq.*`` headers the error adds (the quality gate's measures).
+    extra: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 _DROPPED_PREFIXES = ("dlq.", "park.", "traceparent", "tracestate", "baggage")
@@ -200,6 +202,7 @@ def dead_letter_headers(
     }
     if failure.http_status is not None:
         added["dlq.http.status"] = str(failure.http_status)
+    added.update(failure.extra)
     return kept + [(k, v.encode()) for k, v in added.items()]
 
 

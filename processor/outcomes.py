@@ -23,6 +23,7 @@ from processor.kafka.headers import Headers
 from processor.kafka.records import Record
 from processor.kafka.sink import EventSink, Outbound
 from processor.observability import Metrics
+from processor.quality_gate import QualityFailed
 from processor.retry import Policy
 from processor.settings import Settings
 from processor.steps import Tally, now, run_step
@@ -105,6 +106,7 @@ class Outcomes:
             first_failed_at=tally.first_failed_at or now(),
             failed_at=now(),
             http_status=error.http_status,
+            extra=error.headers if isinstance(error, QualityFailed) else {},
         )
         headers = dead_letter_headers(
             record.headers,

@@ -34,6 +34,7 @@ from processor.parking import Parking, resumed, retry_topic
 from processor.request import Request, parse_request, request_id_of
 from processor.routes import Route
 from processor.settings import Settings
+from processor.sidecars import store_sidecars
 from processor.steps import Park, Tally, run_step
 from processor.store import AudioStore, object_key
 from processor.synthesis import Synthesized, Synthesizer, call_fields
@@ -94,6 +95,7 @@ class Pipeline:
             store_policy=self.step_policy,
             metrics=self.metrics,
             cache=cache,
+            quality=settings.quality,
         )
         self.outcomes = Outcomes(settings, sink, self.step_policy, self.metrics)
         k = settings.kafka
@@ -175,6 +177,8 @@ class Pipeline:
             route = self.synth.route(request)
             result = await self.synth.synthesize(route, request, tally, rlog, usage)
             stored, store_s = await self._store(request, result)
+            prefix = self.settings.store.prefix  # marks and subtitles beside the audio
+            sidecars = await store_sidecars(self.store, prefix, request, result, self.step_policy)
         except (Park, VoxlineError) as caught:  # the one place a record's failure is routed
             error = caught if isinstance(caught, VoxlineError) else None
             if isinstance(caught, Park):  # to the delay topic; an error if it cannot go
@@ -190,7 +194,9 @@ class Pipeline:
                 producer=True,
             )
             return "failed"
-        await self._succeeded(record, request, route, result, stored, store_s, tally, started, rlog)
+        await self._succeeded(
+            record, request, route, result, stored, store_s, tally, started, rlog, sidecars
+        )
         return "succeeded"
 
     async def _store(self, request: Request, result: Synthesized) -> tuple[StoredAudio, float]:
@@ -233,6 +239,7 @@ class Pipeline:
         tally: Tally,
         started: float,
         rlog: Logger,
+        sidecars: dict[str, object] | None = None,
     ) -> None:
         total_s = time.time() - record.timestamp_ms / 1000
         queued_s = max(0.0, total_s - (time.monotonic() - started))
@@ -246,6 +253,7 @@ class Pipeline:
             metadata=request.metadata,
             usage=result.usage.as_event(),
         )
+        body.update(sidecars or {})
         t_pub = time.monotonic()
         causation = causation_of(record.headers, record.value)
         await tracing.within(

@@ -1,0 +1,258 @@
+"""Pure: signal checks on one chunk's decoded audio (the quality gate).
+
+Neural TTS fails quietly: a 200 with a valid WAV that is mostly silence, stops halfway, loops
+a phrase or babbles on. :func:`measure` decodes a chunk and measures it; :func:`failures`
+names the checks its measures break under :class:`Thresholds`. Nothing here does I/O.
+
+Checks (each a measured value and a bound in ``Thresholds``):
+
+    nonfinite       NaN or infinite samples (a float WAV) -> fraction, must be 0
+    all_zero        peak below ``silent_peak`` -> nothing was said
+    duration        seconds per character of text (speed divided out) within the language's
+                    bounds; short texts get ``duration_slack_s`` either side
+    silence         leading / trailing seconds and the ratio of silent 20 ms frames
+    clipping        fraction of samples at full scale
+    dc_offset       mean sample value
+    repetition      the best normalised autocorrelation of the frame features (band
+                    energies) at a lag of at least ``repeat_min_lag_s``, over audio at least
+                    twice that lag: the same stretch of audio looping
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import struct
+from collections.abc import Mapping
+
+import numpy as np
+import numpy.typing as npt
+
+from processor.audio import wav_pcm
+
+Samples = npt.NDArray[np.float64]
+
+#: Seconds per character (at speed 1) a language's speech stays within, by language prefix.
+DEFAULT_PACE: Mapping[str, tuple[float, float]] = {
+    "en": (0.05, 0.15),
+    "zh": (0.20, 0.65),
+    "ja": (0.10, 0.80),
+    #: Any other language in an alphabet (and ``auto`` when the text has no CJK characters).
+    "*": (0.045, 0.17),
+}
+
+_FRAME_S = 0.02
+#: Mean squared band log-energy (bels) below which audio is steady: speech is near 1.
+_STEADY = 0.1
+_WORDY = frozenset("$%&@+=#€£¥")
+_FLOAT_FORMAT = 3
+_FMT = struct.Struct("<HHIIHH")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Thresholds:
+    """Bounds of the quality gate (``[quality]`` in the config)."""
+
+    enabled: bool = True
+    #: Syntheses of a chunk that fails the gate, the first included, before ``quality``.
+    attempts: int = 3
+    pace: Mapping[str, tuple[float, float]] = dataclasses.field(
+        default_factory=lambda: dict(DEFAULT_PACE)
+    )
+    duration_slack_s: float = 0.5
+    silence_dbfs: float = -45.0
+    max_leading_s: float = 2.0
+    max_trailing_s: float = 2.0
+    max_silence_ratio: float = 0.6
+    max_clipping_ratio: float = 0.01
+    max_dc_offset: float = 0.05
+    silent_peak: float = 1e-3
+    repeat_min_lag_s: float = 1.0
+    max_repetition: float = 0.95
+
+
+def decode(wav: bytes) -> tuple[Samples, int]:
+    """Mono samples in [-1, 1] (float WAVs as they are, NaN included) and the sample rate;
+    ``ValueError`` for a file that is no WAV."""
+    floats = _float_wav(wav)
+    if floats is not None:
+        return floats
+    info, pcm = wav_pcm(wav)
+    width = info.sample_width
+    if width == 1:
+        raw = (np.frombuffer(pcm, np.uint8).astype(np.float64) - 128.0) / 128.0
+    elif width == 2:
+        raw = np.frombuffer(pcm, "<i2").astype(np.float64) / 32768.0
+    elif width == 4:
+        raw = np.frombuffer(pcm, "<i4").astype(np.float64) / 2147483648.0
+    else:  # 24-bit: sign-extend three bytes
+        b = np.frombuffer(pcm, np.uint8).reshape(-1, 3).astype(np.int32)
+        v = b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)
+        raw = np.where(v >= 1 << 23, v - (1 << 24), v).astype(np.float64) / 8388608.0
+    return raw.reshape(-1, info.channels).mean(axis=1), info.sample_rate
+
+
+def _float_wav(wav: bytes) -> tuple[Samples, int] | None:
+    """An IEEE-float WAV (format 3, which ``processor.audio`` does not take), else None."""
+    if wav[:4] != b"RIFF" or wav[8:12] != b"WAVE":
+        return None
+    pos, rate, channels, width, is_float = 12, 0, 1, 4, False
+    while pos + 8 <= len(wav):
+        name, size = wav[pos : pos + 4], int.from_bytes(wav[pos + 4 : pos + 8], "little")
+        body = wav[pos + 8 : pos + 8 + size]
+        if name == b"fmt " and len(body) >= _FMT.size:
+            tag, channels, rate, _, _, bits = _FMT.unpack_from(body)
+            is_float, width = tag == _FLOAT_FORMAT, bits // 8
+        elif name == b"data":
+            if not is_float or width not in (4, 8) or channels < 1:
+                return None
+            body = body[: len(body) // (width * channels) * width * channels]
+            dtype = "<f4" if width == 4 else "<f8"
+            raw = np.frombuffer(body, dtype).astype(np.float64)
+            return raw.reshape(-1, channels).mean(axis=1), rate
+        pos += 8 + size + (size & 1)
+    return None
+
+
+def spoken_length(text: str) -> int:
+    """Characters as a voice takes time over them: a digit or a symbol such as ``$`` or
+    ``%`` is read as a word (counted as three), whitespace and punctuation take none."""
+    total = 0
+    for char in text:
+        if char.isdigit() or char in _WORDY:
+            total += 3
+        elif char.isalnum():
+            total += 1
+    return total
+
+
+def script_language(text: str) -> str:
+    """``ja`` for text with kana, ``zh`` for text mostly of CJK ideographs, else ``*``."""
+    kana = sum(1 for c in text if "\u3040" <= c <= "\u30ff")
+    if kana:
+        return "ja"
+    han = sum(1 for c in text if "\u4e00" <= c <= "\u9fff")
+    return "zh" if han * 2 > spoken_length(text) else "*"
+
+
+def pace_bounds(thresholds: Thresholds, language: str, text: str) -> tuple[float, float]:
+    """Seconds per character bounds for ``language`` (by its primary subtag; ``auto`` and
+    languages without bounds of their own by the script of ``text``)."""
+    base = language.lower().split("-")[0].split("_")[0]
+    if base not in thresholds.pace:
+        base = script_language(text)
+    return thresholds.pace.get(base, thresholds.pace.get("*", DEFAULT_PACE["*"]))
+
+
+def measure(
+    wav: bytes, text: str, thresholds: Thresholds, *, speed: float = 1.0
+) -> dict[str, float]:
+    """Every measured value of one chunk (``ValueError`` for a file that is no WAV)."""
+    samples, rate = decode(wav)
+    duration = len(samples) / rate if rate else 0.0
+    bad = ~np.isfinite(samples)
+    out: dict[str, float] = {
+        "duration_s": round(duration, 3),
+        "nonfinite_ratio": float(bad.mean()) if len(samples) else 0.0,
+    }
+    clean = np.where(bad, 0.0, samples)
+    chars = spoken_length(text)
+    out["seconds_per_char"] = round(duration * max(speed, 1e-3) / max(chars, 1), 4)
+    out["characters"] = float(chars)
+    out["peak"] = round(float(np.abs(clean).max()) if len(clean) else 0.0, 5)
+    out["clipping_ratio"] = round(float((np.abs(clean) >= 0.999).mean()) if len(clean) else 0, 5)
+    out["dc_offset"] = round(float(clean.mean()) if len(clean) else 0.0, 5)
+    out.update(_silence(clean, rate, thresholds))
+    out["repetition"] = round(_repetition(clean, rate, thresholds.repeat_min_lag_s), 4)
+    out["speed"] = speed
+    return out
+
+
+def failures(
+    measures: Mapping[str, float], language: str, thresholds: Thresholds, text: str = ""
+) -> list[str]:
+    """The checks ``measures`` (of a chunk of ``text``) fail, by name (empty: it passes)."""
+    t = thresholds
+    failed: list[str] = []
+    if measures["nonfinite_ratio"] > 0:
+        failed.append("nonfinite")
+    if measures["peak"] < t.silent_peak:
+        failed.append("all_zero")
+    low, high = pace_bounds(t, language, text)
+    chars, speed = measures["characters"], max(measures["speed"], 1e-3)
+    duration = measures["duration_s"]
+    if not (
+        chars * low / speed - t.duration_slack_s
+        <= duration
+        <= chars * high / speed + t.duration_slack_s
+    ):
+        failed.append("duration")
+    if (
+        measures["leading_silence_s"] > t.max_leading_s
+        or measures["trailing_silence_s"] > t.max_trailing_s
+        or measures["silence_ratio"] > t.max_silence_ratio
+    ):
+        failed.append("silence")
+    if measures["clipping_ratio"] > t.max_clipping_ratio:
+        failed.append("clipping")
+    if abs(measures["dc_offset"]) > t.max_dc_offset:
+        failed.append("dc_offset")
+    if measures["repetition"] > t.max_repetition:
+        failed.append("repetition")
+    return failed
+
+
+def _frames(samples: Samples, rate: int) -> npt.NDArray[np.float64]:
+    """Samples cut into 20 ms frames (rows); a partial last frame is dropped."""
+    size = max(1, int(rate * _FRAME_S))
+    count = len(samples) // size
+    return samples[: count * size].reshape(count, size)
+
+
+def _silence(samples: Samples, rate: int, t: Thresholds) -> dict[str, float]:
+    frames = _frames(samples - samples.mean() if len(samples) else samples, rate)
+    if not len(frames):
+        return {"leading_silence_s": 0.0, "trailing_silence_s": 0.0, "silence_ratio": 1.0}
+    rms = np.sqrt((frames**2).mean(axis=1))
+    silent = rms < 10 ** (t.silence_dbfs / 20)
+    voiced = np.flatnonzero(~silent)
+    if not len(voiced):
+        lead = trail = len(frames) * _FRAME_S
+    else:
+        lead, trail = voiced[0] * _FRAME_S, (len(frames) - 1 - voiced[-1]) * _FRAME_S
+    return {
+        "leading_silence_s": round(float(lead), 3),
+        "trailing_silence_s": round(float(trail), 3),
+        "silence_ratio": round(float(silent.mean()), 4),
+    }
+
+
+def _features(samples: Samples, rate: int) -> npt.NDArray[np.float64]:
+    """Log energy in eight bands per 20 ms frame, each band's mean removed."""
+    frames = _frames(samples, rate)
+    spectrum = np.abs(np.fft.rfft(frames * np.hanning(frames.shape[1]), axis=1)) ** 2
+    edges = np.unique(np.geomspace(1, spectrum.shape[1], 9).astype(int))
+    bands = np.stack([spectrum[:, a:b].sum(axis=1) for a, b in itertools.pairwise(edges)], axis=1)
+    logs = np.log10(bands + 1e-10)
+    return np.asarray(logs - logs.mean(axis=0), dtype=np.float64)
+
+
+def _repetition(samples: Samples, rate: int, min_lag_s: float) -> float:
+    """The highest normalised correlation of the features with themselves shifted by a lag
+    of ``min_lag_s`` up to half the length: near 1 when a stretch of audio repeats."""
+    if not rate:
+        return 0.0
+    min_lag = int(min_lag_s / _FRAME_S)
+    if len(samples) < 2 * min_lag * rate * _FRAME_S:
+        return 0.0
+    feats = _features(samples, rate)
+    if float((feats * feats).mean()) < _STEADY:
+        return 0.0  # a steady sound (a tone, a hum): alike throughout, but no phrase looping
+    count = len(feats)
+    best = 0.0
+    for lag in range(min_lag, count // 2 + 1):
+        a, b = feats[:-lag], feats[lag:]
+        denom = float(np.sqrt((a * a).sum() * (b * b).sum()))
+        if denom > 0:
+            best = max(best, float((a * b).sum()) / denom)
+    return best

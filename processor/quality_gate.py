@@ -1,0 +1,122 @@
+"""The quality gate around one chunk's synthesis: measure, regenerate, then decide.
+
+A chunk whose audio fails a check of :mod:`processor.quality` is synthesized again (with a
+new seed when the request gave one: the same seed would give the same audio) up to
+``Thresholds.attempts`` syntheses in all; if every one fails, :class:`QualityFailed`
+dead-letters the request with reason ``quality`` and the last measures in ``dlq.quality.*``
+headers. Failures are counted by backend and check (``voxline_quality_failures_total``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import weakref
+from collections.abc import Awaitable, Callable, Mapping
+
+import structlog
+from prometheus_client import Counter
+
+from processor.backends.base import Audio, Utterance
+from processor.errors import Permanent, Reason, Stage
+from processor.observability import Metrics
+from processor.quality import Thresholds, failures, measure
+
+Logger = structlog.typing.FilteringBoundLogger
+
+_COUNTERS: weakref.WeakKeyDictionary[Metrics, Counter] = weakref.WeakKeyDictionary()
+
+
+class QualityFailed(Permanent):
+    """A chunk's audio failed the quality gate on every synthesis."""
+
+    reason = Reason.QUALITY
+
+    def __init__(self, checks: list[str], measures: Mapping[str, float], attempts: int) -> None:
+        shown = ", ".join(f"{k}={v}" for k, v in measures.items())
+        super().__init__(
+            f"audio failed the quality gate ({', '.join(checks)}) on all {attempts} "
+            f"syntheses of a chunk; last measures: {shown}",
+            stage=Stage.SYNTHESIZE,
+            error_type=f"quality_{checks[0]}",
+        )
+        self.checks = checks
+        self.measures = dict(measures)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The ``dlq.quality.*`` headers: the failed checks and every measured value."""
+        out = {"dlq.quality.checks": ",".join(self.checks)}
+        out.update({f"dlq.quality.{k}": str(v) for k, v in self.measures.items()})
+        return out
+
+
+def failures_counter(metrics: Metrics) -> Counter:
+    """``voxline_quality_failures_total{backend,check}`` on ``metrics``' registry (once)."""
+    counter = _COUNTERS.get(metrics)
+    if counter is None:
+        counter = Counter(
+            "voxline_quality_failures_total",
+            "Chunk syntheses that failed a quality check, by backend and check.",
+            ["backend", "check"],
+            registry=metrics.registry,
+        )
+        _COUNTERS[metrics] = counter
+    return counter
+
+
+def speed_of(call: Utterance) -> float:
+    speed = call.params.get("speed", 1.0)
+    return float(speed) if isinstance(speed, int | float) and speed > 0 else 1.0
+
+
+class QualityGate:
+    def __init__(self, thresholds: Thresholds, metrics: Metrics) -> None:
+        self.thresholds = thresholds
+        self.failed = failures_counter(metrics)
+
+    async def check(self, audio: Audio, call: Utterance) -> tuple[dict[str, float], list[str]]:
+        """The chunk's measures and the checks it fails (none for audio that is not WAV:
+        the gate measures only what it can decode)."""
+        if audio.format != "wav":
+            return {}, []
+        t = self.thresholds
+        try:
+            measures = await asyncio.to_thread(
+                measure, audio.data, call.text, t, speed=speed_of(call)
+            )
+        except ValueError:
+            return {"decodable": 0.0}, ["undecodable"]
+        return measures, failures(measures, call.language, t, call.text)
+
+    async def made(
+        self,
+        call: Utterance,
+        backend: str,
+        synthesize: Callable[[Utterance], Awaitable[Audio]],
+        rlog: Logger,
+    ) -> Audio:
+        """``synthesize(call)`` until its audio passes the gate, or :class:`QualityFailed`."""
+        t = self.thresholds
+        if not t.enabled:
+            return await synthesize(call)
+        attempts = max(1, t.attempts)
+        for attempt in range(1, attempts + 1):
+            this = call
+            if attempt > 1 and call.seed is not None:
+                this = dataclasses.replace(call, seed=call.seed + attempt - 1)
+            audio = await synthesize(this)
+            measures, failed = await self.check(audio, this)
+            if not failed:
+                return audio
+            for name in failed:
+                self.failed.labels(backend=backend, check=name).inc()
+            rlog.warning(
+                "chunk failed the quality gate",
+                stage="synthesize",
+                backend=backend,
+                checks=failed,
+                quality_attempt=attempt,
+                measures=measures,
+            )
+        raise QualityFailed(failed, measures, attempts)

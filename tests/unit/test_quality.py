@@ -1,0 +1,120 @@
+"""The quality gate's signal checks: every failure mode of the fakes is caught by its check,
+and good audio passes (the fakes' tone and speech-like audio, and real espeak-ng output in
+English, Chinese and Japanese)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from processor.audio import pcm_to_wav
+from processor.quality import Thresholds, decode, failures, measure, spoken_length
+from tests.fakes.bad_audio import float_wav, speechlike, spoil
+from tests.fakes.common import tone, wav_bytes
+from tests.fakes.texts import ESPEAK_VOICE, chunks
+
+T = Thresholds()
+RATE = 24_000
+TEXT = (
+    "It was the best of times, it was the worst of times, it was the age of wisdom, "
+    "it was the age of foolishness, it was the epoch of belief."
+)
+#: The check each failure mode must trip (others may trip too).
+CAUGHT_BY = {
+    "silence": "silence",
+    "cut": "duration",
+    "loop": "repetition",
+    "babble": "duration",
+    "clipped": "clipping",
+    "nan": "nonfinite",
+}
+
+
+def checks(wav: bytes, text: str = TEXT, language: str = "en", speed: float = 1.0) -> list[str]:
+    return failures(measure(wav, text, T, speed=speed), language, T)
+
+
+@pytest.mark.parametrize("mode", sorted(CAUGHT_BY))
+@pytest.mark.parametrize("good", ["tone", "speechlike"])
+def test_each_failure_mode_is_caught_by_its_check(mode: str, good: str) -> None:
+    ms = len(TEXT) * 60  # the fakes' default pace
+    pcm = tone(ms, RATE, 440) if good == "tone" else speechlike(ms, RATE, seed=3)
+    assert CAUGHT_BY[mode] in checks(spoil(pcm, RATE, mode))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_fakes_good_audio_passes(seed: int) -> None:
+    ms = len(TEXT) * 60
+    assert checks(wav_bytes(tone(ms, RATE, 440), RATE)) == []
+    assert checks(spoil(speechlike(ms, RATE, seed), RATE, "good")) == []
+
+
+def test_speed_is_divided_out_of_the_pace() -> None:
+    fast = wav_bytes(speechlike(len(TEXT) * 30, RATE, 1), RATE)
+    assert "duration" in checks(fast)
+    assert checks(fast, speed=2.0) == []
+
+
+def test_measures_name_the_values_the_checks_read() -> None:
+    m = measure(spoil(speechlike(4000, RATE), RATE, "clipped"), TEXT, T)
+    assert m["clipping_ratio"] > 0.1
+    assert m["peak"] > 0.99
+    assert 3.9 < m["duration_s"] < 4.1
+    assert m["characters"] == spoken_length(TEXT)
+
+
+def test_dc_offset_and_all_zero_are_caught() -> None:
+    x = np.frombuffer(speechlike(5000, RATE), "<i2").astype(np.float64) / 32768 + 0.2
+    assert "dc_offset" in checks(float_wav(x, RATE))
+    assert "all_zero" in checks(wav_bytes(b"\x00\x00" * RATE * 5, RATE))
+
+
+def test_decode_reads_8_16_24_and_32_bit_and_float_and_stereo() -> None:
+    assert np.allclose(decode(float_wav(np.array([0.5, -0.25]), 8000))[0], [0.5, -0.25])
+    stereo = np.array([1000, 3000], "<i2").tobytes()
+    assert decode(pcm_to_wav(stereo, 8000, channels=2))[0] == pytest.approx([2000 / 32768])
+    for width in (1, 3, 4):
+        wav = pcm_to_wav(b"\x80" * width * 4 if width == 1 else b"\x00" * width * 4, 8000, 1, width)
+        samples, rate = decode(wav)
+        assert rate == 8000
+        assert np.allclose(samples, 0.0)
+    with pytest.raises(ValueError, match="not a WAV"):
+        decode(b"not a wav")
+
+
+def test_spoken_length_reads_digits_and_symbols_as_words() -> None:
+    assert spoken_length("Hi, you!") == 5
+    assert spoken_length("$3") == 6
+    assert spoken_length("今天天气很好。") == 6
+
+
+def espeak(text: str, voice: str, speed: float) -> bytes:
+    run = subprocess.run(
+        ["espeak-ng", "--stdout", "-v", voice, "-s", str(round(175 * speed))],
+        input=text.encode(),
+        capture_output=True,
+        check=True,
+    )
+    return run.stdout
+
+
+@pytest.mark.parametrize("language", ["en", "zh", "ja"])
+def test_no_false_positive_on_espeak_output(language: str) -> None:
+    if shutil.which("espeak-ng") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("espeak-ng is not installed (make setup installs it)")
+        pytest.skip("espeak-ng is not installed")
+    count = int(os.environ.get("VOXLINE_QUALITY_ESPEAK_CHUNKS", "60"))
+    speeds = (1.0, 0.8, 1.3)
+    flagged = []
+    for i, text in enumerate(chunks(language, count, seed=7)):
+        speed = speeds[i % len(speeds)]
+        wav = espeak(text, ESPEAK_VOICE[language], speed)
+        m = measure(wav, text, T, speed=speed)
+        if failures(m, language, T):
+            flagged.append((text, speed, m))
+    assert flagged == []
