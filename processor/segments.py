@@ -15,6 +15,7 @@ from types import MappingProxyType
 from processor.audio import pcm_to_wav, silence, silence_frames, wav_pcm
 from processor.backends.base import Audio, ReferenceAudio, Utterance, finite, utterance_of
 from processor.chunking import split_sentences, split_text
+from processor.marks import check_marks
 from processor.request import Request
 from processor.ssml import SENTENCE_GAP_MS, Script, Segment, Voicing, parse_ssml
 
@@ -116,11 +117,18 @@ class Plan:
     pieces: tuple[Piece, ...]
 
 
-def plan_of(request: Request, limit: int, *, phonemes: bool) -> Plan | None:
+#: Backend kinds that take espeak-ng phoneme input (``[[...]]``) for ``<phoneme>``.
+PHONEME_KINDS = frozenset({"espeak"})
+
+
+def plan_of(request: Request, limit: int, *, kind: str) -> Plan | None:
     """The segment plan of an SSML request, or of one that asks for marks or subtitles;
-    ``None`` for plain text without them (the chunked path, unchanged)."""
+    ``None`` for plain text without them (the chunked path, unchanged). ``InvalidInput`` for
+    SSML or marks the backend ``kind`` cannot serve, before any call."""
+    check_marks(request, kind)
     timed = bool(request.marks or request.subtitles)
     if request.text_type == "ssml":
+        phonemes = kind in PHONEME_KINDS
         script = parse_ssml(request.text, language=request.language, phonemes=phonemes)
     elif timed:
         script = plain_script(request.text)

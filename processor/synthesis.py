@@ -125,7 +125,7 @@ class Synthesizer:
         check_deadline(request)
         t0 = time.monotonic()
         # SSML (or timing marks): segments and exact silences (processor.segments), else chunks.
-        plan = plan_of(request, route.config.text_limit, phonemes=route.config.kind == "espeak")
+        plan = plan_of(request, route.config.text_limit, kind=route.config.kind)
         route.backend.check(utterance_of(request))
         reference = await self._reference(request, tally, rlog)
         if plan is None:
