@@ -33,6 +33,7 @@ from typing import Any
 
 from processor.backends.registry import DEFAULT_TEXT_LIMITS, KINDS
 from processor.lanes import Lane
+from processor.quality import Thresholds, thresholds_from
 from processor.ratelimit import RateConfig
 
 #: A backend's rate limits (``processor.ratelimit``), each a number; 0 or absent: no limit.
@@ -54,7 +55,7 @@ _BACKEND_KEYS = {
     "options",
     *RATE_KEYS,
 }
-_TOP_KEYS = {"default_backend", "backends", "references", "max_records", "lanes"}
+_TOP_KEYS = {"default_backend", "backends", "references", "max_records", "lanes", "quality"}
 _REFERENCE_KEYS = {"allowed_buckets", "max_bytes", "max_duration_s", "min_sample_rate"}
 
 
@@ -111,6 +112,8 @@ class BackendsConfig:
     max_records: int = 0
     #: Priority lanes (``[[lanes]]``, ``processor.lanes``); none: one lane, the request topic.
     lanes: tuple[Lane, ...] = ()
+    #: The quality gate (``[quality]``, ``processor.quality``); off without the table.
+    quality: Thresholds = dataclasses.field(default_factory=lambda: Thresholds(enabled=False))
 
     @property
     def record_window(self) -> int:
@@ -200,7 +203,13 @@ def parse(
     lanes = tuple(
         _lane(i, t, source) for i, t in enumerate(_typed(data, "lanes", list, [], source))
     )
-    return BackendsConfig(default, backends, references, max_records, lanes)
+    try:
+        quality = thresholds_from(data.get("quality", {}), f"{source}: [quality]")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    if "quality" not in data:
+        quality = Thresholds(enabled=False)
+    return BackendsConfig(default, backends, references, max_records, lanes, quality)
 
 
 def _lane(index: int, table: Any, source: str) -> Lane:

@@ -95,7 +95,7 @@ class Pipeline:
             store_policy=self.step_policy,
             metrics=self.metrics,
             cache=cache,
-            quality=settings.quality,
+            quality=settings.backends.quality,
         )
         self.outcomes = Outcomes(settings, sink, self.step_policy, self.metrics)
         k = settings.kafka

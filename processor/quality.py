@@ -256,3 +256,46 @@ def _repetition(samples: Samples, rate: int, min_lag_s: float) -> float:
         if denom > 0:
             best = max(best, float((a * b).sum()) / denom)
     return best
+
+
+def thresholds_from(table: object, where: str = "[quality]") -> Thresholds:
+    """``Thresholds`` from a config table (``[quality]`` in ``VOXLINE_CONFIG``): the gate is
+    on when the table is there unless ``enabled = false``; ``[quality.pace]`` maps a language
+    to ``[low, high]`` seconds per character, merged over the defaults. ``ValueError`` names
+    the key that is wrong."""
+    if not isinstance(table, dict):
+        raise ValueError(f"{where} must be a table")
+    fields = {f.name: f for f in dataclasses.fields(Thresholds)}
+    unknown = sorted(set(table) - set(fields))
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {', '.join(unknown)}")
+    values: dict[str, object] = {}
+    for key, value in table.items():
+        if key == "pace":
+            values[key] = {**DEFAULT_PACE, **_pace(value, f"{where}.pace")}
+        elif key == "enabled":
+            if not isinstance(value, bool):
+                raise ValueError(f"{where}.enabled must be true or false")
+            values[key] = value
+        elif key == "attempts":
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{where}.attempts must be a whole number of at least 1")
+            values[key] = value
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            values[key] = float(value)
+        else:
+            raise ValueError(f"{where}.{key} must be a number")
+    return Thresholds(**values)  # type: ignore[arg-type]
+
+
+def _pace(table: object, where: str) -> dict[str, tuple[float, float]]:
+    if not isinstance(table, dict):
+        raise ValueError(f"{where} must be a table of language = [low, high]")
+    out: dict[str, tuple[float, float]] = {}
+    for language, bounds in table.items():
+        ok = isinstance(bounds, list) and len(bounds) == 2
+        ok = ok and all(isinstance(b, int | float) and not isinstance(b, bool) for b in bounds)
+        if not ok or not 0 <= bounds[0] < bounds[1]:
+            raise ValueError(f"{where}.{language} must be [low, high] seconds per character")
+        out[str(language)] = (float(bounds[0]), float(bounds[1]))
+    return out

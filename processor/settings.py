@@ -8,7 +8,6 @@ import socket
 
 from processor import PROCESSOR_NAME, __version__
 from processor.config import BackendsConfig, single_backend
-from processor.quality import Thresholds
 from processor.retry import HOLD_STEP_S, Policy
 
 
@@ -85,8 +84,6 @@ class Settings:
     store: StoreSettings = StoreSettings()
     retry: RetrySettings = RetrySettings()
     cache: CacheSettings = CacheSettings()
-    #: The quality gate's checks and bounds (``processor.quality``); off unless enabled.
-    quality: Thresholds = dataclasses.field(default_factory=lambda: Thresholds(enabled=False))
     #: Usage metrics are labelled by the tenant this metadata key names (first N, then other).
     usage_tenant_key: str = "tenant"
     usage_max_tenants: int = 100

@@ -118,3 +118,19 @@ def test_no_false_positive_on_espeak_output(language: str) -> None:
         if failures(m, language, T):
             flagged.append((text, speed, m))
     assert flagged == []
+
+
+def test_the_config_table_turns_the_gate_on_and_names_a_wrong_key() -> None:
+    from processor.config import ConfigError, parse
+
+    base = {"backends": {"e": {"kind": "espeak"}}}
+    assert parse(base, {}).quality.enabled is False
+    table = {"attempts": 2, "max_repetition": 0.9, "pace": {"de": [0.05, 0.2]}}
+    quality = parse({**base, "quality": table}, {}).quality
+    assert (quality.enabled, quality.attempts, quality.max_repetition) == (True, 2, 0.9)
+    assert quality.pace["de"] == (0.05, 0.2)
+    assert quality.pace["zh"] == T.pace["zh"]
+    with pytest.raises(ConfigError, match=r"\[quality\]: unknown keys max_silense"):
+        parse({**base, "quality": {"max_silense": 1}}, {})
+    with pytest.raises(ConfigError, match=r"pace.en must be \[low, high\]"):
+        parse({**base, "quality": {"pace": {"en": [0.2, 0.1]}}}, {})

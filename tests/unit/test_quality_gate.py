@@ -5,6 +5,7 @@ measures in ``dlq.quality.*`` headers; failures are counted by backend and check
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -15,7 +16,7 @@ import pytest
 from processor.audio import wav_info
 from processor.backends.base import Audio, Utterance
 from processor.breaker import Breaker, BreakerConfig
-from processor.config import BackendConfig
+from processor.config import BackendConfig, single_backend
 from processor.gate import Gate
 from processor.kafka.records import Record
 from processor.limiter import StaticLimit
@@ -60,7 +61,9 @@ class World:
         settings = Settings(
             kafka=KafkaSettings(completion_topic="done", dlq_topic="dlq"),
             retry=RetrySettings(wait_initial_s=0.001, wait_max_s=0.002),
-            quality=Thresholds(enabled=enabled, attempts=attempts),
+            backends=dataclasses.replace(
+                single_backend(), quality=Thresholds(enabled=enabled, attempts=attempts)
+            ),
         )
         self.pipeline = Pipeline(settings, {"b": route}, "b", MemoryStore(), self.sink)
 
