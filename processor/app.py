@@ -27,6 +27,7 @@ from processor.kafka.consumer import kafka_consumer
 from processor.kafka.sink import KafkaSink
 from processor.kafka.topics import ensure_topics
 from processor.lanes import Lanes
+from processor.lexicon import S3LexiconLoader
 from processor.limiter import AdaptiveLimit, LimiterConfig, StaticLimit
 from processor.observability import Health, Metrics, serve_http
 from processor.parking import retry_topic
@@ -126,6 +127,13 @@ def reference_loader(settings: Settings) -> S3ReferenceLoader:
     )
 
 
+def lexicon_loader(settings: Settings) -> S3LexiconLoader:
+    """PLS lexicons from the buckets reference audio may come from."""
+    refs = settings.backends.references
+    endpoint, region = settings.store.endpoint_url, settings.store.region
+    return S3LexiconLoader(endpoint, region, allowed_buckets=refs.allowed_buckets)
+
+
 class App:
     """One processor. ``backends`` replaces configured adapters by name (embedding Voxline
     with adapters of your own); the rest are built from the configuration."""
@@ -209,6 +217,7 @@ class App:
             async with (
                 store,
                 reference_loader(s) as references,
+                lexicon_loader(s) as lexicons,
                 open_cache(s, self.metrics) as cache,
             ):
                 routes = build_routes(s, self.metrics, {**built, **self._given}, self.health)
@@ -221,6 +230,7 @@ class App:
                     self.metrics,
                     references=references,
                     cache=cache,
+                    lexicons=lexicons,
                 )
         finally:
             # Everything was drained and acknowledged before this point; a broker or backend

@@ -28,6 +28,7 @@ from processor.errors import InternalError, InvalidInput, Stage, VoxlineError
 from processor.events import StoredAudio, Timings, succeeded_body
 from processor.kafka.records import Record
 from processor.kafka.sink import EventSink
+from processor.lexicon import LexiconLoader
 from processor.observability import Metrics
 from processor.outcomes import Logger, Outcomes
 from processor.parking import Parking, resumed, retry_topic
@@ -81,6 +82,7 @@ class Pipeline:
         *,
         references: ReferenceLoader | None = None,
         cache: ChunkCache | None = None,
+        lexicons: LexiconLoader | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
@@ -96,6 +98,7 @@ class Pipeline:
             metrics=self.metrics,
             cache=cache,
             quality=settings.backends.quality,
+            lexicons=lexicons,
         )
         self.outcomes = Outcomes(settings, sink, self.step_policy, self.metrics)
         k = settings.kafka

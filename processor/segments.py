@@ -10,11 +10,13 @@ time is a sum of measured durations and gaps, never an estimate.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from types import MappingProxyType
 
 from processor.audio import pcm_to_wav, silence, silence_frames, wav_pcm
 from processor.backends.base import Audio, ReferenceAudio, Utterance, finite, utterance_of
 from processor.chunking import split_sentences, split_text
+from processor.lexicon import Lexicon, apply, lexicon_notes
 from processor.marks import check_marks
 from processor.request import Request
 from processor.ssml import SENTENCE_GAP_MS, Script, Segment, Voicing, parse_ssml
@@ -115,6 +117,7 @@ class Plan:
 
     script: Script
     pieces: tuple[Piece, ...]
+    notes: tuple[str, ...] = ()  # for the succeeded event: what was not rendered as written
 
 
 #: Backend kinds that take espeak-ng phoneme input (``[[...]]``) for ``<phoneme>``.
@@ -130,11 +133,23 @@ def plan_of(request: Request, limit: int, *, kind: str) -> Plan | None:
     if request.text_type == "ssml":
         phonemes = kind in PHONEME_KINDS
         script = parse_ssml(request.text, language=request.language, phonemes=phonemes)
-    elif timed:
+    elif timed or request.lexicons:
         script = plain_script(request.text)
     else:
         return None
-    return Plan(script, tuple(pieces(script, limit, sentences=timed)))
+    return Plan(script, tuple(pieces(script, limit, sentences=timed)), script.notes)
+
+
+def with_lexicons(plan: Plan, lexicons: Sequence[Lexicon], *, kind: str) -> Plan:
+    """The plan with the lexicons applied to each piece (after cutting: offsets still point
+    into the text as sent)."""
+    phonemes = kind in PHONEME_KINDS
+    spoken = tuple(
+        dataclasses.replace(p, text=apply(lexicons, p.text, phonemes=phonemes).text)
+        for p in plan.pieces
+    )
+    notes = plan.notes + lexicon_notes(lexicons, phonemes=phonemes)
+    return Plan(plan.script, spoken, notes)
 
 
 def utterance_for(request: Request, piece: Piece, reference: ReferenceAudio | None) -> Utterance:

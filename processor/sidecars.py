@@ -49,8 +49,8 @@ async def store_sidecars(
             subtitles[ext] = uri
     if subtitles:
         extra["subtitles"] = subtitles
-    if result.timing is not None and result.timing.plan.script.notes:
-        extra["notes"] = list(result.timing.plan.script.notes)
+    if result.timing is not None and result.timing.plan.notes:
+        extra["notes"] = list(result.timing.plan.notes)
     return extra
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import time
 from collections.abc import Callable, Mapping
 
@@ -21,13 +22,14 @@ from processor.backends.base import Audio, ReferenceAudio, ReferenceLoader, Utte
 from processor.cache import ChunkCache
 from processor.chunking import split_sentences, split_text
 from processor.errors import Expired, InvalidInput, Stage, VoxlineError
+from processor.lexicon import Lexicon, LexiconLoader
 from processor.observability import Metrics
 from processor.quality import Thresholds
 from processor.quality_gate import QualityGate
 from processor.request import Request
 from processor.retry import Decision, Policy
 from processor.routes import Route
-from processor.segments import Timing, join_pieces, plan_of, utterance_for
+from processor.segments import Timing, join_pieces, plan_of, utterance_for, with_lexicons
 from processor.steps import Tally, now, run_step
 from processor.transcode import transcode
 from processor.usage import Usage
@@ -93,7 +95,9 @@ class Synthesizer:
         metrics: Metrics,
         cache: ChunkCache | None = None,
         quality: Thresholds | None = None,
+        lexicons: LexiconLoader | None = None,
     ) -> None:
+        self.lexicons = lexicons
         self.quality = QualityGate(quality or Thresholds(enabled=False), metrics)
         self.routes = routes
         self.default_route = default_route
@@ -128,6 +132,9 @@ class Synthesizer:
         plan = plan_of(request, route.config.text_limit, kind=route.config.kind)
         route.backend.check(utterance_of(request))
         reference = await self._reference(request, tally, rlog)
+        if plan is not None and request.lexicons:
+            lexicons = await self._lexicons(request)
+            plan = with_lexicons(plan, lexicons, kind=route.config.kind)
         if plan is None:
             # Whitespace-only pieces carry nothing to speak (validation guarantees some text).
             texts = [t for t in self._texts(route, request) if t.strip()]
@@ -143,6 +150,18 @@ class Synthesizer:
         usage.audio_ms = audio.duration_ms
         timing = None if plan is None or joined is None else Timing(plan, joined)
         return Synthesized(audio, len(parts), time.monotonic() - t0, usage, timing)
+
+    async def _lexicons(self, request: Request) -> list[Lexicon]:
+        """The request's PLS lexicons, in order (outside the gate, as reference audio)."""
+        loader = self.lexicons
+        if loader is None:
+            raise InvalidInput(
+                "$.lexicons: no lexicon loader is configured",
+                stage=Stage.VALIDATE,
+                error_type="lexicon_unavailable",
+            )
+        loads = [functools.partial(loader.load, uri) for uri in request.lexicons]
+        return [await run_step(load, self.store_policy) for load in loads]
 
     async def _reference(
         self, request: Request, tally: Tally, rlog: Logger
