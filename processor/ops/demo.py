@@ -43,6 +43,14 @@ SAMPLES: list[tuple[str, str]] = [
     ("ja", "ご注文ありがとうございました。"),
 ]
 
+#: One request in SSML with speech marks and subtitles: the sidecars land beside its audio.
+SSML_SAMPLE = (
+    "<speak><p><s>Chapter two.</s><break time='1500ms'/><mark name='body'/>"
+    "<s>The <sub alias='World Wide Web Consortium'>W3C</sub> published SSML on "
+    "<say-as interpret-as='date'>2004-09-07</say-as>.</s><s>Subtitles follow each sentence.</s>"
+    "</p></speak>"
+)
+
 LOCAL_ENV = {
     "AWS_ACCESS_KEY_ID": "voxline",
     "AWS_SECRET_ACCESS_KEY": "voxline-secret",
@@ -51,12 +59,17 @@ LOCAL_ENV = {
 
 
 def demo_requests(run_id: str) -> list[Outgoing]:
-    """A dozen valid requests in three languages, then two that must be dead-lettered."""
+    """A dozen valid requests in three languages, one in SSML with marks and subtitles, then
+    two that must be dead-lettered."""
     out = []
     for i, (lang, text) in enumerate(SAMPLES, start=1):
         rid = f"{run_id}-{i:02d}-{lang}"
         body = {"request_id": rid, "text": text, "language": lang, "metadata": {"demo": run_id}}
         out.append(Outgoing(rid, json.dumps(body, ensure_ascii=False).encode()))
+    rid = f"{run_id}-ssml"
+    ssml = {"request_id": rid, "text": SSML_SAMPLE, "text_type": "ssml", "language": "en",
+            "marks": ["sentence", "ssml"], "subtitles": ["srt", "vtt"]}  # fmt: skip
+    out.append(Outgoing(rid, json.dumps(ssml).encode()))
     out.append(Outgoing(f"{run_id}-13-not-json", b"this is not JSON {"))
     empty = {"request_id": f"{run_id}-14-empty-text", "text": ""}
     out.append(Outgoing(empty["request_id"], json.dumps(empty).encode()))
@@ -126,7 +139,7 @@ async def _demo(console: Console) -> int:
         f"{ok} succeeded, {bad} dead-lettered, {len(requests) - len(events)} missing, "
         f"in {elapsed:.1f} s"
     )
-    expected_ok = len(SAMPLES)
+    expected_ok = len(SAMPLES) + 1  # the samples and the SSML request
     return 0 if ok == expected_ok and bad == len(requests) - expected_ok else 1
 
 
@@ -160,10 +173,11 @@ def _table(requests: list[Outgoing], events: dict[str, dict[str, Any]]) -> Table
             table.add_row(req.request_id, "[red]no event[/red]", "", "")
         elif event["status"] == "succeeded":
             audio = event["audio"]
+            sidecars = [event.get("marks"), *event.get("subtitles", {}).values()]
             table.add_row(
                 req.request_id,
                 "[green]succeeded[/green]",
-                audio["uri"],
+                "\n".join([audio["uri"], *(s for s in sidecars if s)]),
                 f"{audio['duration_ms'] / 1000:.2f} s, {audio['sample_rate']} Hz, "
                 f"{audio['bytes']} B",
             )
