@@ -18,6 +18,8 @@ the text, so head-of-line blocking shows):
     instances 1, 2, 3 processors in one group against the adaptive scenario's fail server:
               goodput vs the best fixed window, failed calls, each one's share
               (bench/instances_scenario.py)
+    quality   1,000 chunks, 2 % bad in the fakes' failure modes: caught, regenerated and
+              fixed, false positives, gate CPU per second of audio (bench/quality_scenario.py)
     peers     runs the two peers in each scenario above too (against the first overload
               shape in adaptive), with the same requests (their own consumer group and
               completion topic), window and backend, and reports Voxline/peer ratios
@@ -54,6 +56,7 @@ from bench import (
     cache_scenario,
     instances_scenario,
     lanes_scenario,
+    quality_scenario,
     report,
     scenarios,
     shapes,
@@ -73,7 +76,9 @@ from bench.report import Row
 from bench.scenarios import JITTER_MS, LATENCY_MS
 from bench.workload import mean_text_chars, requests
 
-SCENARIOS = ("ideal", "overhead", "adaptive", "backlog", "cache", "lanes", "instances", "peers")
+SCENARIOS = (
+    "ideal", "overhead", "adaptive", "backlog", "cache", "lanes", "instances", "quality", "peers",
+)  # fmt: skip
 PARTITIONS = 8
 RESULTS = ROOT / "bench" / "results"
 
@@ -375,6 +380,8 @@ async def main(argv: Sequence[str] | None = None) -> int:
                 await lanes_scenario.lanes(bench)
             if "instances" in args.chosen:
                 await instances_scenario.instances(bench)
+            if "quality" in args.chosen:
+                await quality_scenario.quality(bench)
         finally:
             if not args.keep:
                 await bench.cleanup()

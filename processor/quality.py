@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import re
 import struct
 from collections.abc import Mapping
 
@@ -34,16 +35,17 @@ Samples = npt.NDArray[np.float64]
 
 #: Seconds per character (at speed 1) a language's speech stays within, by language prefix.
 DEFAULT_PACE: Mapping[str, tuple[float, float]] = {
-    "en": (0.05, 0.15),
+    "en": (0.05, 0.12),
     "zh": (0.20, 0.65),
     "ja": (0.10, 0.80),
     #: Any other language in an alphabet (and ``auto`` when the text has no CJK characters).
-    "*": (0.045, 0.17),
+    "*": (0.045, 0.14),
 }
 
 _FRAME_S = 0.02
 #: Mean squared band log-energy (bels) below which audio is steady: speech is near 1.
 _STEADY = 0.1
+_PAUSES = re.compile(r"[.!?;:。！？；：…]+")
 _WORDY = frozenset("$%&@+=#€£¥")
 _FLOAT_FORMAT = 3
 _FMT = struct.Struct("<HHIIHH")
@@ -60,6 +62,9 @@ class Thresholds:
         default_factory=lambda: dict(DEFAULT_PACE)
     )
     duration_slack_s: float = 0.5
+    #: More slack for each pause the text marks (a sentence or clause end): a voice's pauses
+    #: do not shrink with the text's length, nor always with its speed.
+    pause_slack_s: float = 0.3
     silence_dbfs: float = -45.0
     max_leading_s: float = 2.0
     max_trailing_s: float = 2.0
@@ -159,6 +164,7 @@ def measure(
     chars = spoken_length(text)
     out["seconds_per_char"] = round(duration * max(speed, 1e-3) / max(chars, 1), 4)
     out["characters"] = float(chars)
+    out["pauses"] = float(len(_PAUSES.findall(text)))
     out["peak"] = round(float(np.abs(clean).max()) if len(clean) else 0.0, 5)
     out["clipping_ratio"] = round(float((np.abs(clean) >= 0.999).mean()) if len(clean) else 0, 5)
     out["dc_offset"] = round(float(clean.mean()) if len(clean) else 0.0, 5)
@@ -181,11 +187,8 @@ def failures(
     low, high = pace_bounds(t, language, text)
     chars, speed = measures["characters"], max(measures["speed"], 1e-3)
     duration = measures["duration_s"]
-    if not (
-        chars * low / speed - t.duration_slack_s
-        <= duration
-        <= chars * high / speed + t.duration_slack_s
-    ):
+    slack = t.duration_slack_s + t.pause_slack_s * measures.get("pauses", 0.0)
+    if not (chars * low / speed - slack <= duration <= chars * high / speed + slack):
         failed.append("duration")
     if (
         measures["leading_silence_s"] > t.max_leading_s
