@@ -16,6 +16,11 @@ the shared ones of :mod:`tests.fakes.common`: latency, down, error_ratio, timeou
                             instead of 24 kHz (None: off), as a pool of servers running different
                             models would: the chunks of one request then differ in rate
     rate_marker             the text that picks ``marked_rate`` (default ``[rate]``)
+    bad_audio               a failure mode of :mod:`tests.fakes.bad_audio` (silence, cut, loop,
+                            babble, clipped, nan) for the answers ``bad_first_n`` and
+                            ``bad_every`` pick; None: off (the quality gate's tests)
+    bad_first_n             the next N wav answers are bad, then good ones again
+    bad_every               every Nth wav answer is bad (20: one chunk in twenty); 0: none
 
 ``GET /stats`` also returns the last request's JSON body.
 Out of process: ``python -m tests.fakes.openai_server --port 0 --latency-ms 250 --capacity 16``.
@@ -30,7 +35,9 @@ from typing import Any
 
 from aiohttp import web
 
+from processor.audio import wav_pcm
 from tests.fakes import common
+from tests.fakes.bad_audio import spoil
 from tests.fakes.common import FakeHandle as FakeHandle
 
 RATE = 24000
@@ -47,6 +54,9 @@ class Switches(common.SpeechSwitches):
     retry_after: str | None = None
     marked_rate: int | None = None
     rate_marker: str = "[rate]"
+    bad_audio: str | None = None
+    bad_first_n: int = 0
+    bad_every: int = 0
 
 
 def _error(status: int, message: str, *, param: str | None = None, **headers: str) -> web.Response:
@@ -65,6 +75,21 @@ class FakeSpeechServer(common.SpeechServer[Switches]):
     def __init__(self, switches: Switches | None = None) -> None:
         super().__init__(switches or Switches())
         self.api_route("/v1/audio/speech", self._answer)
+        self.answered = 0
+
+    def _spoiled(self, body: dict[str, Any]) -> tuple[bytes, str]:
+        """The answer's audio; in a ``bad_audio`` mode when this answer is one it picks."""
+        audio, kind = _audio(body, self.switches)
+        s = self.switches
+        if s.bad_audio is None or kind != "audio/wav":
+            return audio, kind
+        self.answered += 1
+        bad = s.bad_first_n > 0 or (s.bad_every > 0 and self.answered % s.bad_every == 0)
+        if not bad:
+            return audio, kind
+        s.bad_first_n = max(0, s.bad_first_n - 1)
+        info, pcm = wav_pcm(audio)
+        return spoil(pcm, info.sample_rate, s.bad_audio, seed=self.answered), kind
 
     async def _answer(self, request: web.Request) -> web.StreamResponse:
         switches = self.switches
@@ -86,7 +111,7 @@ class FakeSpeechServer(common.SpeechServer[Switches]):
             return _error(429, "too many concurrent requests", **{"Retry-After": "1"})
         with self.serving():
             await asyncio.sleep(fault.wait_ms(switches.jittered_ms()) / 1000)
-            return await common.answer_audio(request, *_audio(body, switches), switches)
+            return await common.answer_audio(request, *self._spoiled(body), switches)
 
 
 def _audio(body: dict[str, Any], switches: Switches) -> tuple[bytes, str]:
