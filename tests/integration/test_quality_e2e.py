@@ -12,14 +12,7 @@ from processor.ops.client import read_dead_letters
 from processor.quality import Thresholds
 from processor.settings import Settings
 from tests.fakes.openai_server import running_fake
-from tests.integration.harness import (
-    produce,
-    read_topic,
-    request,
-    running,
-    unique_settings,
-    wait_for_events,
-)
+from tests.integration import harness as h
 from tests.integration.services import Services
 
 pytestmark = pytest.mark.integration
@@ -41,29 +34,29 @@ def gated(settings: Settings) -> Settings:
 async def test_each_failure_mode_is_caught_and_regenerated(services: Services) -> None:
     async with running_fake(latency_ms=5) as fake:
         settings = gated(
-            unique_settings(services, "quality", backend="openai", backend_url=fake.url)
+            h.unique_settings(services, "quality", backend="openai", backend_url=fake.url)
         )
-        async with running(settings):
+        async with h.running(settings):
             for mode in MODES:
                 before = fake.stats()["requests"]
                 assert isinstance(before, int)
                 fake.set(bad_audio=mode, bad_first_n=1)
-                await produce(settings, [request(f"q-{mode}", TEXT, language="en")])
-                events = await wait_for_events(settings, {f"q-{mode}"}, timeout=60)
+                await h.produce(settings, [h.request(f"q-{mode}", TEXT, language="en")])
+                events = await h.wait_for_events(settings, {f"q-{mode}"}, timeout=60)
                 body = events[f"q-{mode}"][0].json()
                 assert body["status"] == "succeeded", (mode, body)
                 assert fake.stats()["requests"] == before + 2, f"{mode}: one regeneration"
-        assert await read_topic(settings.kafka, settings.kafka.dlq_topic) == []
+        assert await h.read_topic(settings.kafka, settings.kafka.dlq_topic) == []
 
 
 async def test_bad_on_every_try_is_dead_lettered_as_quality(services: Services) -> None:
     async with running_fake(latency_ms=5, bad_audio="loop", bad_every=1) as fake:
         settings = gated(
-            unique_settings(services, "quality-dead", backend="openai", backend_url=fake.url)
+            h.unique_settings(services, "quality-dead", backend="openai", backend_url=fake.url)
         )
-        async with running(settings):
-            await produce(settings, [request("q-dead", TEXT, language="en", seed=7)])
-            events = await wait_for_events(settings, {"q-dead"}, timeout=60)
+        async with h.running(settings):
+            await h.produce(settings, [h.request("q-dead", TEXT, language="en", seed=7)])
+            events = await h.wait_for_events(settings, {"q-dead"}, timeout=60)
             (letter,) = await read_dead_letters(settings.kafka)
         assert fake.stats()["requests"] == 3
     body = events["q-dead"][0].json()
