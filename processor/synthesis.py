@@ -31,6 +31,7 @@ from processor.retry import Decision, Policy
 from processor.routes import Route
 from processor.segments import Timing, join_pieces, plan_of, utterance_for, with_lexicons
 from processor.steps import Tally, now, run_step
+from processor.tempo import tempo_parts
 from processor.transcode import transcode
 from processor.usage import Usage
 
@@ -145,6 +146,8 @@ class Synthesizer:
                 route.backend.check(call)
         usage.chunks = len(calls)
         parts = await self._parts(job, calls)
+        if plan is not None:  # <prosody rate> where the server takes no speed
+            parts = await tempo_parts(parts, plan, route.config.kind)
         joined = None if plan is None else join_pieces(parts, [p.gap_ms for p in plan.pieces])
         audio = await self._finish(join(parts) if joined is None else joined.audio, request, rlog)
         usage.audio_ms = audio.duration_ms
@@ -257,7 +260,7 @@ class Synthesizer:
                 before_wait=self._waiting(job.request, job.tally, job.rlog),
             )
 
-        return await self.quality.made(call, route.name, once, job.rlog)
+        return await self.quality.made(call, route.name, once, job.rlog, job.usage)
 
     async def _call(self, job: Job, call: Utterance) -> Audio:
         route, tally, rlog = job.route, job.tally, job.rlog

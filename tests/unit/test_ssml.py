@@ -3,6 +3,7 @@ speaking it through a recording backend (exact silences, sub aliases, hostile do
 
 from __future__ import annotations
 
+import math
 import time
 import tracemalloc
 
@@ -11,8 +12,10 @@ import pytest
 from processor.audio import pcm_to_wav, wav_pcm
 from processor.backends.base import Audio, Utterance
 from processor.errors import InvalidInput
+from processor.segments import Plan, pieces
 from processor.ssml import MAX_DEPTH, parse_ssml
 from processor.ssml_say import say_as
+from processor.tempo import atempo_filter, tempo_parts
 from tests.unit.test_pipeline import World, record
 
 RATE = 16_000
@@ -159,3 +162,20 @@ async def test_hostile_ssml_is_dead_lettered_as_invalid_input_before_any_call() 
     assert letter.header("dlq.reason") == "invalid_input"
     assert "DOCTYPE" in (letter.header("dlq.error.message") or "")
     assert world.backend.calls == []
+
+
+@pytest.mark.parametrize("rate", [0.3, 0.75, 2.0, 3.5])
+def test_the_atempo_chain_multiplies_to_the_rate_in_steps_ffmpeg_takes(rate: float) -> None:
+    factors = [float(step.removeprefix("atempo=")) for step in atempo_filter(rate).split(",")]
+    assert all(0.5 <= f <= 2.0 for f in factors)
+    assert math.prod(factors) == pytest.approx(rate, rel=1e-4)
+
+
+async def test_prosody_rate_changes_the_tempo_where_the_server_takes_no_speed() -> None:
+    script = parse_ssml("<speak>Slow <prosody rate='200%'>fast part</prosody></speak>")
+    plan = Plan(script, tuple(pieces(script, 1000, sentences=False)))
+    second = loud(Utterance("x" * 100))  # 1 s
+    parts = await tempo_parts([second, second], plan, "cosyvoice")
+    assert parts[0] is second, "rate 1: untouched"
+    assert abs(parts[1].duration_ms - 500) <= 30
+    assert await tempo_parts([second, second], plan, "espeak") == [second, second]
