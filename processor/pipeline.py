@@ -32,6 +32,7 @@ from processor.lexicon import LexiconLoader
 from processor.observability import Metrics
 from processor.outcomes import Logger, Outcomes
 from processor.parking import Parking, resumed, retry_topic
+from processor.quality_gate import quality_summary
 from processor.request import Request, parse_request, request_id_of
 from processor.routes import Route
 from processor.settings import Settings
@@ -257,6 +258,8 @@ class Pipeline:
             usage=result.usage.as_event(),
         )
         body.update(sidecars or {})
+        if result.usage.quality:
+            body["quality"] = quality_summary(result.usage.quality, result.usage.regenerated)
         t_pub = time.monotonic()
         causation = causation_of(record.headers, record.value)
         await tracing.within(

@@ -21,6 +21,7 @@ from processor.backends.base import Audio, Utterance
 from processor.errors import Permanent, Reason, Stage
 from processor.observability import Metrics
 from processor.quality import Thresholds, failures, measure
+from processor.usage import Usage
 
 Logger = structlog.typing.FilteringBoundLogger
 
@@ -95,6 +96,7 @@ class QualityGate:
         backend: str,
         synthesize: Callable[[Utterance], Awaitable[Audio]],
         rlog: Logger,
+        usage: Usage | None = None,
     ) -> Audio:
         """``synthesize(call)`` until its audio passes the gate, or :class:`QualityFailed`."""
         t = self.thresholds
@@ -108,7 +110,11 @@ class QualityGate:
             audio = await synthesize(this)
             measures, failed = await self.check(audio, this)
             if not failed:
+                if usage is not None and measures:
+                    usage.quality.append(measures)
                 return audio
+            if usage is not None:
+                usage.regenerated += attempt < attempts
             for name in failed:
                 self.failed.labels(backend=backend, check=name).inc()
             rlog.warning(
@@ -120,3 +126,15 @@ class QualityGate:
                 measures=measures,
             )
         raise QualityFailed(failed, measures, attempts)
+
+
+def quality_summary(chunks: list[dict[str, float]], regenerated: int) -> dict[str, float]:
+    """The event's ``quality``: the worst of each measure over a request's chunks."""
+    out: dict[str, float] = {"chunks_checked": len(chunks), "regenerated": regenerated}
+    keys = ("silence_ratio", "clipping_ratio", "repetition", "leading_silence_s")
+    for key in (*keys, "trailing_silence_s"):
+        out[key] = max(c[key] for c in chunks)
+    out["dc_offset"] = max((c["dc_offset"] for c in chunks), key=abs)
+    out["seconds_per_char_min"] = min(c["seconds_per_char"] for c in chunks)
+    out["seconds_per_char_max"] = max(c["seconds_per_char"] for c in chunks)
+    return out

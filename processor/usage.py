@@ -32,6 +32,10 @@ class Usage:
     backend_ms: int = 0
     #: The backend the record was routed to, once known (not part of the event's object).
     backend: str | None = None
+    #: The quality gate's measures of each delivered chunk, and the syntheses it refused
+    #: (``processor.quality_gate``; the event's ``quality``, not its ``usage``).
+    quality: list[dict[str, float]] = dataclasses.field(default_factory=list)
+    regenerated: int = 0
 
     def as_event(self) -> dict[str, int]:
         """The event's ``usage`` object (the six figures, all integers)."""

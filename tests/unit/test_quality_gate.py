@@ -99,6 +99,11 @@ async def test_a_bad_chunk_is_regenerated_and_the_request_succeeds(mode: str, ch
     assert len(world.backend.calls) == 2
     assert world.sink.on("dlq") == []
     assert world.failed_checks(check) == 1
+    (event,) = world.events()
+    quality = event["quality"]
+    assert (quality["chunks_checked"], quality["regenerated"]) == (1, 1)
+    assert quality["repetition"] < 0.95
+    assert quality["clipping_ratio"] <= 0.01
 
 
 async def test_bad_on_every_synthesis_dead_letters_as_quality_with_the_measures() -> None:
@@ -126,3 +131,4 @@ async def test_the_gate_off_lets_anything_through() -> None:
     world = World(["silence"], enabled=False)
     assert await world.pipeline.handle(record()) == "succeeded"
     assert len(world.backend.calls) == 1
+    assert "quality" not in world.events()[0]
