@@ -53,6 +53,7 @@ _BACKEND_KEYS = {
     "retry_attempts",
     "retry_timeout_s",
     "options",
+    "lexicons",
     *RATE_KEYS,
 }
 _TOP_KEYS = {"default_backend", "backends", "references", "max_records", "lanes", "quality"}
@@ -93,6 +94,8 @@ class BackendConfig:
     retry_timeout_s: float = 60.0
     options: Mapping[str, Any] = dataclasses.field(default_factory=lambda: MappingProxyType({}))
     rate: RateConfig = dataclasses.field(default_factory=RateConfig)
+    #: PLS lexicons (``s3://``) applied to every request to this backend, after the request's.
+    lexicons: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -259,7 +262,10 @@ def _backend(name: str, table: Any, env: Mapping[str, str], source: str) -> Back
         retry_timeout_s=float(_typed(table, "retry_timeout_s", (int, float), 60.0, where)),
         options=MappingProxyType(dict(options)),
         rate=RateConfig(**{k: float(_typed(table, k, (int, float), 0, where)) for k in RATE_KEYS}),
+        lexicons=tuple(_typed(table, "lexicons", list, [], where)),
     )
+    if not all(isinstance(u, str) and u.startswith("s3://") for u in cfg.lexicons):
+        raise ConfigError(f"{where}: lexicons must be a list of s3://bucket/key strings")
     if min(dataclasses.astuple(cfg.rate)) < 0:
         raise ConfigError(f"{where}: {', '.join(RATE_KEYS)} must not be negative")
     if cfg.text_limit < 1 or cfg.retry_attempts < 1 or cfg.timeout_s <= 0:

@@ -124,16 +124,17 @@ class Plan:
 PHONEME_KINDS = frozenset({"espeak"})
 
 
-def plan_of(request: Request, limit: int, *, kind: str) -> Plan | None:
+def plan_of(request: Request, limit: int, *, kind: str, lexicons: bool = False) -> Plan | None:
     """The segment plan of an SSML request, or of one that asks for marks or subtitles;
-    ``None`` for plain text without them (the chunked path, unchanged). ``InvalidInput`` for
+    ``None`` for plain text without them or ``lexicons`` (the chunked path, unchanged).
+    ``InvalidInput`` for
     SSML or marks the backend ``kind`` cannot serve, before any call."""
     check_marks(request, kind)
     timed = bool(request.marks or request.subtitles)
     if request.text_type == "ssml":
         phonemes = kind in PHONEME_KINDS
         script = parse_ssml(request.text, language=request.language, phonemes=phonemes)
-    elif timed or request.lexicons:
+    elif timed or lexicons:
         script = plain_script(request.text)
     else:
         return None

@@ -130,12 +130,13 @@ class Synthesizer:
         check_deadline(request)
         t0 = time.monotonic()
         # SSML (or timing marks): segments and exact silences (processor.segments), else chunks.
-        plan = plan_of(request, route.config.text_limit, kind=route.config.kind)
+        uris = (*request.lexicons, *route.config.lexicons)  # the request's first: they win
+        kind = route.config.kind
+        plan = plan_of(request, route.config.text_limit, kind=kind, lexicons=bool(uris))
         route.backend.check(utterance_of(request))
         reference = await self._reference(request, tally, rlog)
-        if plan is not None and request.lexicons:
-            lexicons = await self._lexicons(request)
-            plan = with_lexicons(plan, lexicons, kind=route.config.kind)
+        if plan is not None and uris:
+            plan = with_lexicons(plan, await self._lexicons(uris), kind=kind)
         if plan is None:
             # Whitespace-only pieces carry nothing to speak (validation guarantees some text).
             texts = [t for t in self._texts(route, request) if t.strip()]
@@ -147,14 +148,14 @@ class Synthesizer:
         usage.chunks = len(calls)
         parts = await self._parts(job, calls)
         if plan is not None:  # <prosody rate> where the server takes no speed
-            parts = await tempo_parts(parts, plan, route.config.kind)
+            parts = await tempo_parts(parts, plan, kind)
         joined = None if plan is None else join_pieces(parts, [p.gap_ms for p in plan.pieces])
         audio = await self._finish(join(parts) if joined is None else joined.audio, request, rlog)
         usage.audio_ms = audio.duration_ms
         timing = None if plan is None or joined is None else Timing(plan, joined)
         return Synthesized(audio, len(parts), time.monotonic() - t0, usage, timing)
 
-    async def _lexicons(self, request: Request) -> list[Lexicon]:
+    async def _lexicons(self, uris: tuple[str, ...]) -> list[Lexicon]:
         """The request's PLS lexicons, in order (outside the gate, as reference audio)."""
         loader = self.lexicons
         if loader is None:
@@ -163,7 +164,7 @@ class Synthesizer:
                 stage=Stage.VALIDATE,
                 error_type="lexicon_unavailable",
             )
-        loads = [functools.partial(loader.load, uri) for uri in request.lexicons]
+        loads = [functools.partial(loader.load, uri) for uri in uris]
         return [await run_step(load, self.store_policy) for load in loads]
 
     async def _reference(

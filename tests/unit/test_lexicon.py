@@ -3,10 +3,12 @@ pipeline sending the replaced text to the backend while marks still point into t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 
+from processor.config import ConfigError, parse
 from processor.errors import InvalidInput
 from processor.lexicon import MemoryLexicons, apply, parse_pls
 from processor.pipeline import Pipeline
@@ -30,12 +32,14 @@ ZH = pls(
 )
 
 
-def world_with(files: dict[str, bytes]) -> World:
+def world_with(files: dict[str, bytes], backend_lexicons: tuple[str, ...] = ()) -> World:
     world = World(audio=loud)
     old = world.pipeline
+    route = old.routes["b"]
+    config = dataclasses.replace(route.config, lexicons=backend_lexicons)
     world.pipeline = Pipeline(
         old.settings,
-        old.routes,
+        {"b": dataclasses.replace(route, config=config)},
         old.default_route,
         world.store,
         world.sink,
@@ -106,3 +110,24 @@ async def test_a_lexicon_in_a_bucket_not_allowed_is_invalid_input() -> None:
     assert letter.header("dlq.reason") == "invalid_input"
     assert letter.header("dlq.error.type") == "lexicon_not_allowed"
     assert world.backend.calls == []
+
+
+async def test_a_backend_s_lexicons_apply_after_the_request_s() -> None:
+    mine = pls("<grapheme>W3C</grapheme><alias>the consortium</alias>")
+    files = {"s3://lex/w3c.pls": W3C, "s3://lex/mine.pls": mine}
+    world = world_with(files, backend_lexicons=("s3://lex/w3c.pls",))
+    assert await world.pipeline.handle(record(0, text="The W3C met.")) == "succeeded"
+    rec = record(1, text="The W3C met.", lexicons=["s3://lex/mine.pls"])
+    assert await world.pipeline.handle(rec) == "succeeded"
+    assert [c.text for c in world.backend.calls] == [
+        "The World Wide Web Consortium met.",
+        "The the consortium met.",
+    ]
+
+
+def test_backend_lexicons_in_the_config_are_s3_uris() -> None:
+    table = {"kind": "espeak", "lexicons": ["s3://voxline-refs/names.pls"]}
+    conf = parse({"backends": {"e": table}}, {})
+    assert conf.backends["e"].lexicons == ("s3://voxline-refs/names.pls",)
+    with pytest.raises(ConfigError, match="lexicons must be a list of s3://"):
+        parse({"backends": {"e": {**table, "lexicons": ["names.pls"]}}}, {})
