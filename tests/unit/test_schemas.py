@@ -59,6 +59,10 @@ INVALID_REQUESTS: dict[str, tuple[Stage, str, str | None]] = {
     "voice-preset-wrong-type.json": (Stage.VALIDATE, "schema", "$.voice.preset"),
     "reference-bad-uri.json": (Stage.VALIDATE, "schema", "$.voice.reference.audio_uri"),
     "reference-missing-uri.json": (Stage.VALIDATE, "schema", "$.voice.reference.audio_uri"),
+    "text-type-unknown.json": (Stage.VALIDATE, "schema", "$.text_type"),
+    "marks-unknown.json": (Stage.VALIDATE, "schema", "$.marks[1]"),
+    "subtitles-unknown.json": (Stage.VALIDATE, "schema", "$.subtitles[0]"),
+    "lexicons-not-s3.json": (Stage.VALIDATE, "schema", "$.lexicons[0]"),
 }
 
 # Schema-valid JSON that the processor still refuses (operator limits, I-JSON).
