@@ -1,0 +1,91 @@
+"""Loudness (BS.1770) and mastering profiles, checked against an independent implementation:
+ffmpeg's ``ebur128`` filter measures integrated loudness and true peak of the same audio."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from processor.audio import pcm_to_wav
+from processor.mastering import PROFILES, master, measure, room_tone
+from processor.quality import decode
+from tests.fakes.texts import ESPEAK_VOICE, chunks
+
+
+def tools() -> None:
+    for tool in ("ffmpeg", "espeak-ng"):
+        if shutil.which(tool) is None:
+            if os.environ.get("CI") == "true":
+                pytest.fail(f"{tool} is not installed (make setup installs it)")
+            pytest.skip(f"{tool} is not installed")
+
+
+def wav16(samples: np.ndarray, rate: int) -> bytes:
+    pcm = np.clip(np.round(samples * 32767), -32768, 32767).astype("<i2").tobytes()
+    return pcm_to_wav(pcm, rate)
+
+
+def ebur128(wav: bytes) -> tuple[float, float]:
+    """ffmpeg's integrated loudness (LUFS) and true peak (dBFS) of ``wav``."""
+    run = subprocess.run(
+        [
+            "ffmpeg",
+            "-hide_banner",
+            "-nostats",
+            "-i",
+            "-",
+            "-af",
+            "ebur128=peak=true",
+            "-f",
+            "null",
+            "-",
+        ],
+        input=wav,
+        capture_output=True,
+        check=True,
+    )
+    err = run.stderr.decode()
+    loudness = float(re.findall(r"I:\s+(-?[\d.]+) LUFS", err)[-1])
+    peak = float(re.findall(r"Peak:\s+(-?[\d.]+) dBFS", err)[-1])
+    return loudness, peak
+
+
+def speech(language: str) -> tuple[np.ndarray, int]:
+    text = " ".join(chunks(language, 4, seed=2))
+    voice = ESPEAK_VOICE[language]
+    run = subprocess.run(
+        ["espeak-ng", "--stdout", "-v", voice], input=text.encode(), capture_output=True, check=True
+    )
+    return decode(run.stdout)
+
+
+@pytest.mark.parametrize("language", ["en", "zh"])
+@pytest.mark.parametrize("profile", ["none", *PROFILES])
+def test_loudness_agrees_with_ffmpeg_and_the_profile_holds(language: str, profile: str) -> None:
+    tools()
+    x, rate = speech(language)
+    if profile != "none":
+        x = master(x, rate, PROFILES[profile])
+    if profile == "acx":
+        x = room_tone(x, rate)
+    wav = wav16(x, rate)
+    ours = measure(decode(wav)[0], rate)
+    theirs, peak = ebur128(wav)
+    assert abs(ours.integrated_lufs - theirs) <= 0.5
+    assert abs(ours.true_peak_dbtp - peak) <= 0.5
+    if profile == "ebu-r128":
+        assert abs(theirs + 23) <= 0.5
+        assert peak <= -1.0
+    elif profile == "podcast":
+        assert abs(theirs + 16) <= 1.0
+        assert peak <= -1.0
+    elif profile == "acx":
+        assert -23 <= ours.rms_dbfs <= -18
+        assert peak <= -3.0
+        assert ours.noise_floor_dbfs <= -60
+        assert np.isfinite(ours.noise_floor_dbfs), "room tone, not digital silence"
