@@ -54,6 +54,7 @@ _BACKEND_KEYS = {
     "retry_timeout_s",
     "options",
     "lexicons",
+    "mastering",
     *RATE_KEYS,
 }
 _TOP_KEYS = {"default_backend", "backends", "references", "max_records", "lanes", "quality"}
@@ -96,6 +97,8 @@ class BackendConfig:
     rate: RateConfig = dataclasses.field(default_factory=RateConfig)
     #: PLS lexicons (``s3://``) applied to every request to this backend, after the request's.
     lexicons: tuple[str, ...] = ()
+    #: The mastering profile of requests that name none (``processor.mastering``).
+    mastering: str = "none"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -260,6 +263,7 @@ def _backend(name: str, table: Any, env: Mapping[str, str], source: str) -> Back
         adaptive=_typed(table, "adaptive", bool, adaptive_by_default(kind), where),
         retry_attempts=_typed(table, "retry_attempts", int, 5, where),
         retry_timeout_s=float(_typed(table, "retry_timeout_s", (int, float), 60.0, where)),
+        mastering=_mastering(table, where),
         options=MappingProxyType(dict(options)),
         rate=RateConfig(**{k: float(_typed(table, k, (int, float), 0, where)) for k in RATE_KEYS}),
         lexicons=tuple(_typed(table, "lexicons", list, [], where)),
@@ -287,3 +291,12 @@ def _no_unknown(table: Mapping[str, Any], known: set[str], where: str) -> None:
     unknown = sorted(set(table) - known)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}")
+
+
+def _mastering(table: Mapping[str, Any], where: str) -> str:
+    name = _typed(table, "mastering", str, "none", where)
+    if name not in ("none", "ebu-r128", "podcast", "acx"):
+        raise ConfigError(
+            f"{where}: mastering must be none, ebu-r128, podcast or acx, not {name!r}"
+        )
+    return str(name)

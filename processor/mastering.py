@@ -6,7 +6,7 @@ derived for any sample rate as libebur128 does; the filter is applied through th
 filters' exact frequency response (the signal zero-padded, so the decaying IIR tail does not
 wrap). True peak is the peak of the signal four times oversampled (FFT interpolation).
 
-Not wired into requests yet: ``measure`` and ``master`` work on samples.
+``processor.mastering_step`` applies them to a request's joined audio.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ Samples = npt.NDArray[np.float64]
 
 _BLOCK_S, _STEP_S = 0.4, 0.1
 _ABSOLUTE_GATE = -70.0
+#: What digital silence measures as (in dB): below anything 24-bit audio can hold.
+FLOOR_DB = -150.0
 _RELATIVE_GATE = -10.0
 
 
@@ -125,12 +127,18 @@ def measure(samples: Samples, rate: int) -> Loudness:
     count = len(samples) // frame
     windows = np.sqrt((samples[: count * frame].reshape(count, frame) ** 2).mean(axis=1))
     quiet = np.sort(windows)[: max(1, count // 10)] if count else np.zeros(1)
+    rms = float(np.sqrt((samples * samples).mean())) if len(samples) else 0.0
     return Loudness(
-        integrated_lufs=round(integrated_lufs(samples, rate), 2),
-        true_peak_dbtp=round(_db(true_peak(samples)), 2),
-        rms_dbfs=round(_db(float(np.sqrt((samples * samples).mean()))), 2),
-        noise_floor_dbfs=round(_db(float(quiet.mean())), 2),
+        integrated_lufs=_floored(integrated_lufs(samples, rate)),
+        true_peak_dbtp=_floored(_db(true_peak(samples))),
+        rms_dbfs=_floored(_db(rms)),
+        noise_floor_dbfs=_floored(_db(float(quiet.mean()))),
     )
+
+
+def _floored(value: float) -> float:
+    """``value`` rounded, and digital silence (-inf, which JSON cannot carry) as ``FLOOR_DB``."""
+    return round(max(value, FLOOR_DB), 2)
 
 
 def master(samples: Samples, rate: int, profile: Profile) -> Samples:

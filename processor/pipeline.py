@@ -260,6 +260,8 @@ class Pipeline:
         body.update(sidecars or {})
         if result.usage.quality:
             body["quality"] = quality_summary(result.usage.quality, result.usage.regenerated)
+        if result.usage.loudness is not None:
+            body["loudness"] = result.usage.loudness
         t_pub = time.monotonic()
         causation = causation_of(record.headers, record.value)
         await tracing.within(

@@ -48,6 +48,7 @@ _STEADY = 0.1
 _PAUSES = re.compile(r"[.!?;:。！？；：…]+")
 _WORDY = frozenset("$%&@+=#€£¥")
 _FLOAT_FORMAT = 3
+_EXTENSIBLE = 0xFFFE
 _FMT = struct.Struct("<HHIIHH")
 
 
@@ -107,6 +108,8 @@ def _float_wav(wav: bytes) -> tuple[Samples, int] | None:
         body = wav[pos + 8 : pos + 8 + size]
         if name == b"fmt " and len(body) >= _FMT.size:
             tag, channels, rate, _, _, bits = _FMT.unpack_from(body)
+            if tag == _EXTENSIBLE and len(body) >= 26:  # the subformat GUID starts with the tag
+                tag = int.from_bytes(body[24:26], "little")
             is_float, width = tag == _FLOAT_FORMAT, bits // 8
         elif name == b"data":
             if not is_float or width not in (4, 8) or channels < 1:

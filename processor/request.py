@@ -65,6 +65,7 @@ class Request:
     lexicons: tuple[str, ...] = ()  # s3:// PLS files (processor.lexicon)
     marks: frozenset[str] = frozenset()  # sentence | ssml | word (processor.marks)
     subtitles: frozenset[str] = frozenset()  # srt | vtt (processor.subtitles)
+    mastering: str | None = None  # none | ebu-r128 | podcast | acx; None: the backend's default
 
 
 #: Longest error message ``parse_request`` produces (it also lands in a dead-letter header).
@@ -245,6 +246,7 @@ def _build(doc: dict[str, Any]) -> Request:
         lexicons=tuple(doc.get("lexicons", ())),
         marks=frozenset(doc.get("marks", ())),
         subtitles=frozenset(doc.get("subtitles", ())),
+        mastering=doc.get("mastering"),
     )
 
 

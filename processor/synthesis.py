@@ -23,6 +23,7 @@ from processor.cache import ChunkCache
 from processor.chunking import split_sentences, split_text
 from processor.errors import Expired, InvalidInput, Stage, VoxlineError
 from processor.lexicon import Lexicon, LexiconLoader
+from processor.mastering_step import mastered
 from processor.observability import Metrics
 from processor.quality import Thresholds
 from processor.quality_gate import QualityGate
@@ -150,7 +151,13 @@ class Synthesizer:
         if plan is not None:  # <prosody rate> where the server takes no speed
             parts = await tempo_parts(parts, plan, kind)
         joined = None if plan is None else join_pieces(parts, [p.gap_ms for p in plan.pieces])
-        audio = await self._finish(join(parts) if joined is None else joined.audio, request, rlog)
+        wav = join(parts) if joined is None else joined.audio
+        profile = request.mastering or route.config.mastering
+        if profile != "none":  # processor.mastering_step
+            rate = request.sample_rate
+            audio, usage.loudness = await mastered(wav, profile, request.format, rate)
+        else:
+            audio = await self._finish(wav, request, rlog)
         usage.audio_ms = audio.duration_ms
         timing = None if plan is None or joined is None else Timing(plan, joined)
         return Synthesized(audio, len(parts), time.monotonic() - t0, usage, timing)

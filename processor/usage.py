@@ -36,6 +36,8 @@ class Usage:
     #: (``processor.quality_gate``; the event's ``quality``, not its ``usage``).
     quality: list[dict[str, float]] = dataclasses.field(default_factory=list)
     regenerated: int = 0
+    #: The mastered file's loudness (``processor.mastering_step``; the event's ``loudness``).
+    loudness: dict[str, float] | None = None
 
     def as_event(self) -> dict[str, int]:
         """The event's ``usage`` object (the six figures, all integers)."""
