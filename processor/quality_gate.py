@@ -10,7 +10,9 @@ headers. Failures are counted by backend and check (``voxline_quality_failures_t
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
+import time
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
 
@@ -18,6 +20,7 @@ import structlog
 from prometheus_client import Counter
 
 from processor.backends.base import Audio, Utterance
+from processor.breaker import Breaker
 from processor.errors import Permanent, Reason, Stage
 from processor.observability import Metrics
 from processor.quality import Thresholds, failures, measure
@@ -71,10 +74,34 @@ def speed_of(call: Utterance) -> float:
     return float(speed) if isinstance(speed, int | float) and speed > 0 else 1.0
 
 
+#: A backend whose chunks end ``quality`` this often, over the last ``BROKEN_WINDOW`` gated
+#: chunks (at least ``BROKEN_MIN``), is broken, not the texts: its breaker is tripped.
+BROKEN_SHARE, BROKEN_WINDOW, BROKEN_MIN = 0.5, 20, 10
+
+
 class QualityGate:
-    def __init__(self, thresholds: Thresholds, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        thresholds: Thresholds,
+        metrics: Metrics,
+        breakers: Mapping[str, Breaker | None] | None = None,
+    ) -> None:
         self.thresholds = thresholds
         self.failed = failures_counter(metrics)
+        self.breakers = breakers or {}
+        self.recent: dict[str, collections.deque[bool]] = {}
+
+    def _settled(self, backend: str, bad: bool) -> None:
+        """A chunk's verdict after its regenerations; trips the backend's breaker when most
+        of its recent chunks ended bad."""
+        recent = self.recent.setdefault(backend, collections.deque(maxlen=BROKEN_WINDOW))
+        recent.append(bad)
+        breaker = self.breakers.get(backend)
+        if breaker is None or len(recent) < BROKEN_MIN or sum(recent) < BROKEN_SHARE * len(recent):
+            return
+        if breaker.state != "open":
+            breaker.trip(time.monotonic(), "quality")
+            recent.clear()
 
     async def check(self, audio: Audio, call: Utterance) -> tuple[dict[str, float], list[str]]:
         """The chunk's measures and the checks it fails (none for audio that is not WAV:
@@ -112,6 +139,7 @@ class QualityGate:
             if not failed:
                 if usage is not None and measures:
                     usage.quality.append(measures)
+                self._settled(backend, False)
                 return audio
             if usage is not None:
                 usage.regenerated += attempt < attempts
@@ -125,6 +153,7 @@ class QualityGate:
                 quality_attempt=attempt,
                 measures=measures,
             )
+        self._settled(backend, True)
         raise QualityFailed(failed, measures, attempts)
 
 

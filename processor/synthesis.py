@@ -100,7 +100,8 @@ class Synthesizer:
         lexicons: LexiconLoader | None = None,
     ) -> None:
         self.lexicons = lexicons
-        self.quality = QualityGate(quality or Thresholds(enabled=False), metrics)
+        breakers = {name: r.gate.breaker for name, r in routes.items()}
+        self.quality = QualityGate(quality or Thresholds(enabled=False), metrics, breakers)
         self.routes = routes
         self.default_route = default_route
         self.references = references

@@ -56,7 +56,8 @@ class World:
     def __init__(self, modes: list[str], attempts: int = 3, enabled: bool = True) -> None:
         self.backend = ScriptedBackend("b", audio=made(modes))
         self.sink = MemorySink()
-        gate = Gate("b", StaticLimit(4), Breaker(BreakerConfig()))
+        self.breaker = Breaker(BreakerConfig())
+        gate = Gate("b", StaticLimit(4), self.breaker)
         route = Route(self.backend, gate, BackendConfig(name="b", kind="espeak"), POLICY)
         settings = Settings(
             kafka=KafkaSettings(completion_topic="done", dlq_topic="dlq"),
@@ -77,9 +78,11 @@ class World:
         return value or 0.0
 
 
-def record(**fields: Any) -> Record:
-    body = {"request_id": "r0", "text": TEXT, "language": "en", **fields}
-    return Record("requests", 0, 0, b"r0", json.dumps(body).encode(), int(time.time() * 1000))
+def record(offset: int = 0, **fields: Any) -> Record:
+    rid = f"r{offset}"
+    body = {"request_id": rid, "text": TEXT, "language": "en", **fields}
+    value = json.dumps(body).encode()
+    return Record("requests", 0, offset, rid.encode(), value, int(time.time() * 1000))
 
 
 @pytest.mark.parametrize(
@@ -132,3 +135,20 @@ async def test_the_gate_off_lets_anything_through() -> None:
     assert await world.pipeline.handle(record()) == "succeeded"
     assert len(world.backend.calls) == 1
     assert "quality" not in world.events()[0]
+
+
+async def test_a_backend_bad_for_most_chunks_trips_its_breaker() -> None:
+    world = World(["silence"], attempts=1)
+    for offset in range(9):
+        assert await world.pipeline.handle(record(offset)) == "failed"
+    states: list[str] = [world.breaker.state]
+    assert await world.pipeline.handle(record(9)) == "failed"
+    states.append(world.breaker.state)
+    assert states == ["closed", "open"], "fewer than ten chunks say nothing; ten do"
+
+
+async def test_a_bad_chunk_now_and_then_leaves_the_breaker_closed() -> None:
+    world = World(["good"] * 4 + ["silence"] + ["good"] * 100, attempts=1)
+    outcomes = [await world.pipeline.handle(record(offset)) for offset in range(20)]
+    assert outcomes.count("failed") == 1
+    assert world.breaker.state == "closed"
