@@ -182,11 +182,15 @@ def limit(samples: Samples, rate: int, ceiling: float) -> Samples:
     return np.asarray(samples * curve, dtype=np.float64)
 
 
+#: ACX's room tone before the speech, in seconds (marks and subtitles move by it).
+ROOM_HEAD_S = 0.75
+
+
 def room_tone(
     samples: Samples,
     rate: int,
     *,
-    head_s: float = 0.75,
+    head_s: float = ROOM_HEAD_S,
     tail_s: float = 2.0,
     level_dbfs: float = -72.0,
 ) -> Samples:

@@ -15,12 +15,19 @@ import numpy as np
 from processor.audio import pcm_to_wav, wav_info
 from processor.backends.base import Audio
 from processor.errors import Stage, Transient
-from processor.mastering import PROFILES, master, measure, room_tone
+from processor.mastering import PROFILES, ROOM_HEAD_S, master, measure, room_tone
 from processor.quality import decode
 from processor.transcode import transcode
 
 ACX_RATE, ACX_KBPS = 44_100, 192
 PROFILE_NAMES = ("none", *PROFILES)
+
+
+def lead_s(profile_name: str) -> float:
+    """Seconds the profile puts before the speech (ACX's room tone), which timing moves by."""
+    return ROOM_HEAD_S if profile_name == "acx" else 0.0
+
+
 MP3 = ("-f", "mp3")
 
 

@@ -45,6 +45,12 @@ class Joined:
     def ms(self, frame: int) -> int:
         return (frame * 1000 + self.audio.sample_rate // 2) // self.audio.sample_rate
 
+    def delayed(self, seconds: float) -> Joined:
+        """The same pieces, with ``seconds`` of sound put before them (mastering's lead)."""
+        frames = round(seconds * self.audio.sample_rate)
+        starts = tuple(start + frames for start in self.starts)
+        return dataclasses.replace(self, starts=starts, ends=tuple(e + frames for e in self.ends))
+
 
 def plain_script(text: str) -> Script:
     """A plain-text request as a script: one segment, the whole text."""

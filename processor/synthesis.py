@@ -23,7 +23,7 @@ from processor.cache import ChunkCache
 from processor.chunking import split_sentences, split_text
 from processor.errors import Expired, InvalidInput, Stage, VoxlineError
 from processor.lexicon import Lexicon, LexiconLoader
-from processor.mastering_step import mastered
+from processor.mastering_step import lead_s, mastered
 from processor.observability import Metrics
 from processor.quality import Thresholds
 from processor.quality_gate import QualityGate
@@ -157,6 +157,8 @@ class Synthesizer:
         if profile != "none":  # processor.mastering_step
             rate = request.sample_rate
             audio, usage.loudness = await mastered(wav, profile, request.format, rate)
+            if joined is not None and lead_s(profile):  # marks follow the speech it moved
+                joined = joined.delayed(lead_s(profile))
         else:
             audio = await self._finish(wav, request, rlog)
         usage.audio_ms = audio.duration_ms

@@ -57,6 +57,15 @@ async def test_sentence_marks_are_measured_and_point_into_the_text() -> None:
     assert event["marks"] == "s3://memory/r0.marks.jsonl"
 
 
+async def test_acx_room_tone_before_the_speech_moves_every_mark_by_its_length() -> None:
+    plain, acx = World(audio=loud), World(audio=loud)
+    assert await plain.pipeline.handle(record(text=TEXT, marks=["sentence"])) == "succeeded"
+    rec = record(text=TEXT, marks=["sentence"], mastering="acx")
+    assert await acx.pipeline.handle(rec) == "succeeded"
+    moved = [b["time"] - a["time"] for a, b in zip(marks_of(plain), marks_of(acx), strict=True)]
+    assert moved == [750, 750, 750]
+
+
 async def test_ssml_marks_stand_at_the_start_of_what_follows_them() -> None:
     world = World(audio=loud)
     rec = record(text=SSML, text_type="ssml", marks=["ssml", "sentence"])
