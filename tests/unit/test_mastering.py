@@ -3,9 +3,7 @@ ffmpeg's ``ebur128`` filter measures integrated loudness and true peak of the sa
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 
 import numpy as np
@@ -15,14 +13,12 @@ from processor.audio import pcm_to_wav
 from processor.mastering import PROFILES, master, measure, room_tone
 from processor.quality import decode
 from tests.fakes.texts import ESPEAK_VOICE, chunks
+from tests.unit.programs import required
 
 
 def tools() -> None:
     for tool in ("ffmpeg", "espeak-ng"):
-        if shutil.which(tool) is None:
-            if os.environ.get("CI") == "true":
-                pytest.fail(f"{tool} is not installed (make setup installs it)")
-            pytest.skip(f"{tool} is not installed")
+        required(tool)
 
 
 def wav16(samples: np.ndarray, rate: int) -> bytes:

@@ -5,7 +5,6 @@ English, Chinese and Japanese)."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 
 import numpy as np
@@ -16,6 +15,7 @@ from processor.quality import Thresholds, decode, failures, measure, spoken_leng
 from tests.fakes.bad_audio import float_wav, speechlike, spoil
 from tests.fakes.common import tone, wav_bytes
 from tests.fakes.texts import ESPEAK_VOICE, chunks
+from tests.unit.programs import required
 
 T = Thresholds()
 RATE = 24_000
@@ -104,10 +104,7 @@ def espeak(text: str, voice: str, speed: float) -> bytes:
 
 @pytest.mark.parametrize("language", ["en", "zh", "ja"])
 def test_no_false_positive_on_espeak_output(language: str) -> None:
-    if shutil.which("espeak-ng") is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("espeak-ng is not installed (make setup installs it)")
-        pytest.skip("espeak-ng is not installed")
+    required("espeak-ng")
     count = int(os.environ.get("VOXLINE_QUALITY_ESPEAK_CHUNKS", "60"))
     speeds = (1.0, 0.8, 1.3)
     flagged = []
