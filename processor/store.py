@@ -1,16 +1,18 @@
-"""The audio store seam and its S3 implementation (aioboto3)."""
+"""The audio store seam and its S3 implementation: puts, heads and gets through obstore
+(``processor.objstore``, the cheaper client per call); ``client`` is the aioboto3 client for
+what obstore does not offer here (the operator tools' listings)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
-import botocore.exceptions
+import obstore
 
-from processor import s3
+from processor import objstore, s3
 
-if TYPE_CHECKING:
-    pass
+#: What obstore raises: its own errors, and OSError subclasses (FileNotFoundError, timeouts).
+_ERRORS = (obstore.exceptions.BaseError, OSError)
 
 
 class AudioStore(Protocol):
@@ -42,34 +44,43 @@ class S3Store(s3.Connection):
     ) -> None:
         super().__init__(endpoint_url, region, max_connections=max_connections)
         self.bucket = bucket
+        self._objects = objstore.open_store(
+            bucket, endpoint_url, region, max_connections=max_connections
+        )
 
     async def put(
         self, key: str, data: bytes, content_type: str, metadata: Mapping[str, str]
     ) -> str:
+        attributes: dict[str, str] = {**metadata, "Content-Type": content_type}
         try:
-            await self.client.put_object(
-                Bucket=self.bucket,
-                Key=key,
-                Body=data,
-                ContentType=content_type,
-                Metadata=dict(metadata),
+            await obstore.put_async(
+                self._objects, key, data, attributes=attributes, use_multipart=False
             )
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, OSError) as exc:
-            raise s3.error(exc, f"store {key}") from exc
+        except _ERRORS as exc:
+            raise objstore.error(exc, f"store {key}") from exc
         return f"s3://{self.bucket}/{key}"
 
     async def exists(self, key: str) -> bool:
         try:
-            await self.client.head_object(Bucket=self.bucket, Key=key)
-        except botocore.exceptions.ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in s3.NOT_FOUND:
-                return False
-            raise s3.error(exc, f"store {key}") from exc
+            await obstore.head_async(self._objects, key)
+        except FileNotFoundError:
+            return False
+        except _ERRORS as exc:
+            raise objstore.error(exc, f"store {key}") from exc
         return True
 
     async def get(self, key: str) -> tuple[bytes, dict[str, Any]]:
         """The object's bytes and its head (for tests, reconcile and reference audio)."""
-        resp = await self.client.get_object(Bucket=self.bucket, Key=key)
-        async with resp["Body"] as body:
-            data = await body.read()
-        return data, {"ContentType": resp.get("ContentType"), "Metadata": resp.get("Metadata", {})}
+        try:
+            got = await obstore.get_async(self._objects, key)
+            data = bytes(await got.bytes_async())
+        except _ERRORS as exc:
+            raise objstore.error(exc, f"store {key}") from exc
+        attributes = dict(got.attributes)
+        content_type = attributes.pop("Content-Type", None)
+        for name in _STANDARD:
+            attributes.pop(name, None)
+        return data, {"ContentType": content_type, "Metadata": attributes}
+
+
+_STANDARD = ("Content-Disposition", "Content-Encoding", "Content-Language", "Cache-Control")
