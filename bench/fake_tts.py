@@ -20,11 +20,18 @@ The shared switches of :mod:`tests.fakes.common` work too (``fail_first_n`` fail
 knee; ``down``, ``error_ratio``, ``timeout_ratio``: a held call keeps its place ``hang_ms``;
 ``drip_ms``: the body trickles out after the call has left the server).
 
-The body is a small valid WAV (8 kHz mono, 80 ms) whatever the text, so neither the store nor
-the network is the bottleneck. ``GET /stats`` returns totals and a per-second series (epoch
+The body is speech-like audio (``processor.testing.speechlike``: syllables and gaps, which pass
+Voxline's quality gate) as long as a voice takes over the text, at the middle of the gate's pace
+bounds for its script (English: about 78 ms a spoken character), 8 kHz 16-bit mono: about 16 KB a
+second of speech, so a median text of 120 characters is about 120 KB (a real server's 24 kHz
+would be three times the bytes). Clips are cached by length (to 0.1 s), so the fake spends its
+CPU on serving, not on making audio. ``GET /stats`` returns totals and a per-second series (epoch
 seconds: calls ok, calls failed, most calls in the server, crashes) and the crash times;
 ``POST /control`` takes a JSON object of switches to change at run time (``{"capacity": 6}``;
-``{"reset": true}`` zeroes the counters and ends a restart).
+``{"reset": true}`` zeroes the counters and ends a restart). With ``log_calls`` on, ``GET
+/calls`` returns every served call as ``[tag, arrived, done]``: the first word of its input, when
+its request reached the handler and when its service ended (epoch seconds), and ``queued``, the
+calls that found the server full.
 
 ``python -m bench.fake_tts --port 0 --capacity 16 --latency-ms 250`` prints ``LISTENING <port>
 <admin port>`` once bound to 127.0.0.1 and stops on SIGTERM. Both ports serve every route; only
@@ -35,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import json
 import math
 import signal
@@ -46,6 +54,8 @@ from typing import Any, Literal, Protocol
 from aiohttp import web
 
 from bench.server_models import FifoServer, Server, SharedServer
+from processor.quality import Thresholds, pace_bounds, spoken_length
+from processor.testing import speechlike
 from tests.fakes import common
 
 RATE = 8000
@@ -53,7 +63,18 @@ FailMode = Literal["500", "drop"]
 QueueMode = Literal["fifo", "ps"]
 Overload = Literal["fail", "queue", "crash"]
 OUT_OF_MEMORY = "CUDA out of memory"
-WAV = common.wav_bytes(common.tone(80, RATE, 400), RATE)
+PACE = Thresholds()
+
+
+@functools.lru_cache(maxsize=256)
+def _clip(tenths: int) -> bytes:
+    return common.wav_bytes(speechlike(100 * tenths, RATE, seed=tenths), RATE)
+
+
+def audio(text: str) -> bytes:
+    """A WAV of speech-like audio as long as a voice takes over ``text``."""
+    low, high = pace_bounds(PACE, "auto", text)
+    return _clip(max(1, round(10 * spoken_length(text) * math.sqrt(low * high))))
 
 
 @dataclasses.dataclass
@@ -71,6 +92,8 @@ class Switches(common.Switches):
     overload: Overload = "fail"
     #: How long a crashed server refuses connections (process restart and model load).
     restart_s: float = 5.0
+    #: Keep every served call's tag and times for ``GET /calls`` (the service scenario).
+    log_calls: bool = False
 
     def __post_init__(self) -> None:
         if self.capacity < 1:
@@ -128,6 +151,7 @@ class FakeTTS(common.FakeServer[Switches]):
         self.listener: Listener | None = None
         super().__init__(switches)
         self.api_route("/v1/audio/speech", self._speech)
+        self.app.router.add_get("/calls", self._calls)
 
     @staticmethod
     def _model(switches: Switches) -> Server:
@@ -143,6 +167,8 @@ class FakeTTS(common.FakeServer[Switches]):
         self.failed = 0
         self.series: dict[int, _Second] = {}
         self.crashes: list[float] = []
+        self.call_log: list[tuple[str, float, float]] = []
+        self.queued = 0
 
     def set(self, **changes: Any) -> None:
         if changes.get("queue", self.switches.queue) != self.switches.queue:
@@ -176,7 +202,11 @@ class FakeTTS(common.FakeServer[Switches]):
             second = self.series[now] = _Second()
         return second
 
+    async def _calls(self, request: web.Request) -> web.Response:
+        return web.json_response({"calls": self.call_log, "queued": self.queued})
+
     async def _speech(self, request: web.Request) -> web.StreamResponse:
+        arrived = time.time()
         try:
             body = await request.json()
         except ValueError:
@@ -206,13 +236,16 @@ class FakeTTS(common.FakeServer[Switches]):
             if fault.status is not None:
                 return self._fail(request, "500", fault.status, fault.message)
             seconds = fault.wait_ms(switches.service_ms(len(text), self.in_flight)) / 1000
+            self.queued += self.in_flight > self.server.capacity
             if switches.overload != "crash":
                 await self.server.serve(seconds)
             elif not await self._survived(seconds):
                 return self._fail(request, switches.fail_mode)
         self.ok += 1
         self._second().ok += 1
-        return await common.send(request, WAV, "audio/wav", switches)
+        if switches.log_calls:
+            self.call_log.append((text.split(" ", 1)[0], arrived, time.time()))
+        return await common.send(request, audio(text), "audio/wav", switches)
 
     async def _survived(self, seconds: float) -> bool:
         """Serve a call; False if the server crashed under it."""

@@ -134,9 +134,14 @@ class Kafka:
         await self.producer.stop()
         await self.admin.close()
 
-    async def create(self, topics: Sequence[str], partitions: int) -> None:
+    async def create(
+        self, topics: Sequence[str], partitions: int, configs: Mapping[str, str] | None = None
+    ) -> None:
         await self.admin.create_topics(
-            [NewTopic(t, num_partitions=partitions, replication_factor=1) for t in topics]
+            [
+                NewTopic(t, num_partitions=partitions, replication_factor=1, topic_configs=configs)
+                for t in topics
+            ]
         )
 
     async def delete(self, topics: Sequence[str]) -> None:

@@ -59,6 +59,7 @@ from bench import (
     quality_scenario,
     report,
     scenarios,
+    service_scenario,
     shapes,
 )
 from bench.harness import (
@@ -77,7 +78,8 @@ from bench.scenarios import JITTER_MS, LATENCY_MS
 from bench.workload import mean_text_chars, requests
 
 SCENARIOS = (
-    "ideal", "overhead", "adaptive", "backlog", "cache", "lanes", "instances", "quality", "peers",
+    "ideal", "service", "overhead", "adaptive", "backlog", "cache", "lanes", "instances",
+    "quality", "peers",
 )  # fmt: skip
 PARTITIONS = 8
 RESULTS = ROOT / "bench" / "results"
@@ -105,16 +107,21 @@ class Sizes:
     phases: tuple[float, float, float]
     #: How long a crashed backend refuses connections.
     restart_s: float
+    #: service: requests paced at half the capacity (latency), then seconds of a backlog
+    #: measured past its ramp (throughput).
+    service_paced: int
+    service_span_s: float
 
 
 FULL = Sizes(
-    ideal=Box(2400, 40), overhead=Box(6000, 25), backlog=Box(100_000, 50),
-    adaptive_records=6000, sweep=(8, 12, 16, 24, 32), sweep_s=20, phases=(30, 20, 40),
-    restart_s=5,
+    ideal=Box(2000, 15), overhead=Box(6000, 12), backlog=Box(100_000, 20),
+    adaptive_records=4000, sweep=(12, 16, 24), sweep_s=10, phases=(25, 10, 20),
+    restart_s=5, service_paced=100, service_span_s=16,
 )  # fmt: skip
 SMOKE = Sizes(
     ideal=Box(80, 8), overhead=Box(300, 8), backlog=Box(2000, 5),
     adaptive_records=600, sweep=(16,), sweep_s=3, phases=(3, 2, 2), restart_s=1,
+    service_paced=16, service_span_s=4,
 )  # fmt: skip
 
 
@@ -186,27 +193,12 @@ class Bench:
         """One processor over ``topic`` until all ``n`` requests completed (or ``timebox_s``
         after the first completion), applying ``schedule`` (seconds after the first
         completion, backend changes) on the way."""
-        name = f"bench.{self.run_id}.{scenario}.{label}"
-        done, dlq = f"{name}.completions", f"{name}.dlq"
-        await self.kafka.create([done, dlq], PARTITIONS)
-        self.topics += [done, dlq]
+        done = await self.completion_topic(scenario, label)
         await fake.control(reset=True, **(backend or {}))
         metrics_port = free_port() if kind == "voxline" else None
-        env = self.env | {
-            "KAFKA_BOOTSTRAP_SERVERS": self.kafka.bootstrap,
-            "VOXLINE_GROUP_ID": name,
-            "VOXLINE_REQUEST_TOPIC": topic,
-            "VOXLINE_COMPLETION_TOPIC": done,
-            "VOXLINE_DLQ_TOPIC": dlq,
-            "VOXLINE_TOPIC_PARTITIONS": str(PARTITIONS),
-            "VOXLINE_BACKEND": "openai",
-            "VOXLINE_BACKEND_URL": fake.url,
-            "VOXLINE_MAX_IN_FLIGHT": str(window),
-            "VOXLINE_ADAPTIVE": "true" if adaptive else "false",
-            "VOXLINE_HTTP_PORT": str(metrics_port or -1),
-            "S3_PREFIX": f"bench/{self.run_id}/{scenario}/{label}/",
-            **(extra_env or {}),
-        }
+        env = self.processor_env(
+            scenario, label, topic, fake.url, window, adaptive=adaptive, metrics_port=metrics_port
+        ) | dict(extra_env or {})
         changes: list[tuple[float, dict[str, Any]]] = []
         pending = list(schedule)
         first_seen: float | None = None
@@ -263,6 +255,45 @@ class Bench:
             f"stopped in {summary['stop_s']:.1f} s"
         )
         return result
+
+    async def completion_topic(
+        self, scenario: str, label: str, configs: Mapping[str, str] | None = None
+    ) -> str:
+        """A fresh completion topic (and dead-letter topic) for one processor run."""
+        name = f"bench.{self.run_id}.{scenario}.{label}"
+        done, dlq = f"{name}.completions", f"{name}.dlq"
+        await self.kafka.create([done, dlq], PARTITIONS, configs)
+        self.topics += [done, dlq]
+        return done
+
+    def processor_env(
+        self,
+        scenario: str,
+        label: str,
+        topic: str,
+        url: str,
+        window: int,
+        *,
+        adaptive: bool = False,
+        metrics_port: int | None = None,
+    ) -> dict[str, str]:
+        """What every processor (Voxline or a peer) reads: its own group, completion and
+        dead-letter topics (:meth:`completion_topic`) and S3 prefix, the backend and window."""
+        name = f"bench.{self.run_id}.{scenario}.{label}"
+        return self.env | {
+            "KAFKA_BOOTSTRAP_SERVERS": self.kafka.bootstrap,
+            "VOXLINE_GROUP_ID": name,
+            "VOXLINE_REQUEST_TOPIC": topic,
+            "VOXLINE_COMPLETION_TOPIC": f"{name}.completions",
+            "VOXLINE_DLQ_TOPIC": f"{name}.dlq",
+            "VOXLINE_TOPIC_PARTITIONS": str(PARTITIONS),
+            "VOXLINE_BACKEND": "openai",
+            "VOXLINE_BACKEND_URL": url,
+            "VOXLINE_MAX_IN_FLIGHT": str(window),
+            "VOXLINE_ADAPTIVE": "true" if adaptive else "false",
+            "VOXLINE_HTTP_PORT": str(metrics_port or -1),
+            "S3_PREFIX": f"bench/{self.run_id}/{scenario}/{label}/",
+        }
 
     async def each_kind(
         self, scenario: str, topic: str, n: int, fake: Fake, kinds: Sequence[str], **options: Any
@@ -368,6 +399,8 @@ async def main(argv: Sequence[str] | None = None) -> int:
         try:
             if "ideal" in args.chosen:
                 await scenarios.ideal(bench)
+            if "service" in args.chosen:
+                await service_scenario.service(bench)
             if "overhead" in args.chosen or args.profile:
                 await scenarios.overhead(bench, args.profile)
             if "adaptive" in args.chosen:
