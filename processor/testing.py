@@ -9,20 +9,54 @@ succeed. When the script runs out, calls succeed.
 from __future__ import annotations
 
 import asyncio
+import math
+import random
 from collections.abc import Awaitable, Callable, Mapping
+
+import numpy as np
 
 from processor.audio import pcm_to_wav
 from processor.backends.base import Audio, ReferenceAudio, Utterance
 from processor.errors import InvalidInput, Stage
 from processor.kafka.sink import Outbound
+from processor.quality import Thresholds, pace_bounds, spoken_length
 
 Step = BaseException | None
 
 
-def tone(duration_ms: int = 100, sample_rate: int = 16_000) -> Audio:
-    """A WAV of silence of the given length, measured as a backend would report it."""
-    frames = sample_rate * duration_ms // 1000
-    return Audio(pcm_to_wav(b"\0\0" * frames, sample_rate), "wav", sample_rate, 1, duration_ms)
+def speechlike(duration_ms: float, rate: int, seed: int = 0) -> bytes:
+    """16-bit mono PCM of ``duration_ms`` with syllables (80-250 ms, 120-320 Hz with two
+    harmonics) and short gaps, at about -20 dBFS RMS: it passes the quality gate."""
+    rng = random.Random(seed)
+    total = max(1, round(rate * duration_ms / 1000))
+    out = np.zeros(total)
+    pos = 0
+    while pos < total:
+        length = int(rate * rng.uniform(0.08, 0.25))
+        f0 = rng.uniform(120, 320)
+        t = np.arange(min(length, total - pos)) / rate
+        voice = sum(np.sin(2 * np.pi * f0 * k * t) / k for k in (1, 2, 3))
+        envelope = np.sin(np.pi * np.arange(len(t)) / max(len(t), 1)) ** 0.5
+        out[pos : pos + len(t)] = 0.2 * voice * envelope
+        pos += len(t) + int(rate * rng.uniform(0.03, 0.12))
+    return bytes(np.clip(np.round(out * 32767), -32768, 32767).astype("<i2").tobytes())
+
+
+def tone(duration_ms: int = 100, sample_rate: int = 16_000, seed: int = 0) -> Audio:
+    """A WAV of speech-like sound (:func:`speechlike`) of the given length, measured as a
+    backend would report it."""
+    pcm = speechlike(duration_ms, sample_rate, seed)
+    return Audio(pcm_to_wav(pcm, sample_rate), "wav", sample_rate, 1, duration_ms)
+
+
+def spoken(utterance: Utterance, seed: int = 0) -> Audio:
+    """Speech-like audio as long as a voice takes over the utterance's text (the middle of
+    the quality gate's pace bounds for its language, divided by its speed; at least 100 ms)."""
+    low, high = pace_bounds(Thresholds(), utterance.language, utterance.text)
+    speed = utterance.params.get("speed", 1.0)
+    speed = float(speed) if isinstance(speed, int | float) and speed > 0 else 1.0
+    seconds = spoken_length(utterance.text) * math.sqrt(low * high) / speed
+    return tone(max(100, round(seconds * 1000)), seed=seed)
 
 
 class Script:
@@ -105,7 +139,7 @@ class ScriptedBackend:
         name: str = "scripted",
         steps: list[Step] | None = None,
         *,
-        audio: Callable[[Utterance], Audio] = lambda _: tone(),
+        audio: Callable[[Utterance], Audio] = spoken,
         check: Callable[[Utterance], None] = lambda _: None,
         hook: Callable[[Utterance], Awaitable[None]] | None = None,
     ) -> None:

@@ -17,32 +17,15 @@ the steady tone of the fakes cannot show a loop, since all of it is alike.
 
 from __future__ import annotations
 
-import random
 import struct
 
 import numpy as np
 
+from processor.testing import speechlike
 from tests.fakes.common import wav_bytes
 
 MODES = ("silence", "cut", "loop", "babble", "clipped", "nan", "good")
-
-
-def speechlike(duration_ms: float, rate: int, seed: int = 0) -> bytes:
-    """16-bit mono PCM of ``duration_ms`` with syllables (80-250 ms, 120-320 Hz with two
-    harmonics) and short gaps, at about -20 dBFS RMS."""
-    rng = random.Random(seed)
-    total = max(1, round(rate * duration_ms / 1000))
-    out = np.zeros(total)
-    pos = 0
-    while pos < total:
-        length = int(rate * rng.uniform(0.08, 0.25))
-        f0 = rng.uniform(120, 320)
-        t = np.arange(min(length, total - pos)) / rate
-        voice = sum(np.sin(2 * np.pi * f0 * k * t) / k for k in (1, 2, 3))
-        envelope = np.sin(np.pi * np.arange(len(t)) / max(len(t), 1)) ** 0.5
-        out[pos : pos + len(t)] = 0.2 * voice * envelope
-        pos += len(t) + int(rate * rng.uniform(0.03, 0.12))
-    return _pcm(out)
+__all__ = ["MODES", "float_wav", "speechlike", "spoil"]
 
 
 def _pcm(samples: np.ndarray) -> bytes:

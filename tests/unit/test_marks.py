@@ -15,7 +15,7 @@ from processor.segments import Joined, Piece, Plan, Timing, plain_script
 from processor.ssml import Voicing
 from processor.subtitles import LINE_CHARS, LINES, MAX_CUE_MS, cues
 from tests.unit.test_pipeline import World, record
-from tests.unit.test_ssml import RATE, loud, zero_runs
+from tests.unit.test_ssml import MS_PER_CHAR, RATE, loud, zero_runs
 
 TEXT = "The first sentence is here. A second one follows it! And a third?"
 SSML = (
@@ -77,7 +77,7 @@ async def test_ssml_marks_stand_at_the_start_of_what_follows_them() -> None:
         ("sentence", "Chapter one starts."),
         ("ssml", "end"),
     ]
-    intro_ms = 10 * len("Intro.")
+    intro_ms = MS_PER_CHAR * len("Intro.")
     assert marks[1]["time"] == marks[2]["time"] == intro_ms + 700
     wav = objects(world)["r0.wav"]
     assert marks[3]["time"] == wav_info(wav).duration_ms
@@ -135,4 +135,4 @@ def test_a_long_sentence_is_cut_at_clauses_into_cues_that_fit() -> None:
 
 
 def loud_audio(frames: int) -> Audio:
-    return loud(Utterance("x" * (frames * 1000 // RATE // 10)))
+    return loud(Utterance("x" * (frames * 1000 // RATE // MS_PER_CHAR)))

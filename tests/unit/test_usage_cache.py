@@ -33,7 +33,7 @@ from processor.request import Reference, Voice
 from processor.retry import Policy
 from processor.routes import Route
 from processor.settings import CacheSettings, KafkaSettings, RetrySettings, Settings
-from processor.testing import MemorySink, MemoryStore, ScriptedBackend, Step, tone
+from processor.testing import MemorySink, MemoryStore, ScriptedBackend, Step, spoken, tone
 from processor.usage import OTHER_TENANT, TenantLabels
 
 POLICY = Policy(attempts=3, budget_s=1.0, backoff_s=(0.001, 0.002), hold_s=(0.01, 30.0))
@@ -78,8 +78,8 @@ class MemoryCacheStore:
 
 
 def numbered(utterance: Utterance) -> Any:
-    """A different tone per text, so cached audio can be told apart."""
-    return tone(100 + 10 * (sum(map(ord, utterance.text)) % 50))
+    """Different speech-like audio per text, so cached audio can be told apart."""
+    return spoken(utterance, seed=sum(map(ord, utterance.text)))
 
 
 class World:
