@@ -36,9 +36,37 @@ def client(
         connect_timeout=5,
         read_timeout=read_timeout,
     )
-    return (session or aioboto3.Session()).client(
+    return (session or shared_session()).client(
         "s3", endpoint_url=endpoint_url, region_name=region, config=config
     )
+
+
+#: What a session resolves once and keeps (credentials, profile, CA bundle, region).
+_SESSION_ENV = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+    "AWS_DEFAULT_PROFILE",
+    "AWS_CONFIG_FILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+    "AWS_CA_BUNDLE",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+)
+_SESSIONS: dict[tuple[str | None, ...], aioboto3.Session] = {}
+
+
+def shared_session() -> aioboto3.Session:
+    """One aioboto3 session for every client of the process (the store, references,
+    lexicons, the cache, the start-up check): each session loads botocore's S3 model anew,
+    about 13 MiB, where another client on the same session costs about 1 MiB. A change of
+    the AWS environment (tests, a rotated key) gets a session of its own."""
+    key = tuple(os.environ.get(name) for name in _SESSION_ENV)
+    session = _SESSIONS.get(key)
+    if session is None:
+        session = _SESSIONS[key] = aioboto3.Session()
+    return session
 
 
 #: S3 error codes that mean the object is not there.
