@@ -1,6 +1,6 @@
 """The ``cache`` scenario: what the chunk cache saves.
 
-1. A book (200 chapters of 25 sentences; smoke: 10) is rendered with the cache on, then
+1. A book (100 chapters of 25 sentences; smoke: 10) is rendered with the cache on, then
    rendered again under new request ids with 1 % of its sentences edited: backend calls and
    wall time of the second run relative to the first (targets: calls <= 2 %, wall <= 10 %).
 2. A long chapter whose last chunk keeps failing (the fake fails that call and its retries) is
@@ -118,7 +118,7 @@ def calls(result: Result) -> int:
 
 
 async def cache(self: Bench) -> None:
-    chapters = 10 if self.smoke else 200
+    chapters = 10 if self.smoke else 100
     long_sentences = 60 if self.smoke else 150
     original = book(chapters)
     changed, n_edited = edited(original, EDITED_SHARE)

@@ -105,10 +105,10 @@ def window_span(limits: list[tuple[float, float]], start: float, end: float) -> 
 
 
 async def instances(self: Bench) -> None:
-    box_s = 6.0 if self.smoke else 40.0
-    sweep = (12,) if self.smoke else (8, 12, 16, 18)
-    topic, _ = await self.request_topic("instances", int(CAPACITY / 0.25 * box_s * 8))
-    async with self.fake("instances", *FAKE) as fake:
+    box_s, sweep = self.sizes.instances_box_s, self.sizes.instances_sweep  # set in bench/run.py
+    topic, chars = await self.request_topic("instances", int(CAPACITY / 0.25 * box_s * 8))
+    # Service time in proportion to the text, as the adaptive scenario's (L at the mean length).
+    async with self.fake("instances", *FAKE, "--per-char", f"{chars:.3f}") as fake:
         best, best_window = 0.0, 0
         for window in sweep:
             fixed = await self.run(

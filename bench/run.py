@@ -107,21 +107,27 @@ class Sizes:
     phases: tuple[float, float, float]
     #: How long a crashed backend refuses connections.
     restart_s: float
-    #: service: requests paced at half the capacity (latency), then seconds of a backlog
+    #: service: the backend's service time L (2 s; the smoke's is shorter, so it stays
+    #: tiny), requests paced at half the capacity (latency), then seconds of a backlog
     #: measured past its ramp (throughput).
+    service_s: float
     service_paced: int
     service_span_s: float
+    #: instances: each fleet's and each fixed window's time box, and the fixed windows swept.
+    instances_box_s: float
+    instances_sweep: tuple[int, ...]
 
 
 FULL = Sizes(
     ideal=Box(2000, 15), overhead=Box(6000, 12), backlog=Box(100_000, 20),
-    adaptive_records=4000, sweep=(12, 16, 24), sweep_s=10, phases=(25, 10, 20),
-    restart_s=5, service_paced=100, service_span_s=16,
+    adaptive_records=4000, sweep=(12, 16, 24), sweep_s=8, phases=(20, 10, 20),
+    restart_s=5, service_s=2.0, service_paced=80, service_span_s=12, instances_box_s=25,
+    instances_sweep=(12, 16, 18),
 )  # fmt: skip
 SMOKE = Sizes(
     ideal=Box(80, 8), overhead=Box(300, 8), backlog=Box(2000, 5),
     adaptive_records=600, sweep=(16,), sweep_s=3, phases=(3, 2, 2), restart_s=1,
-    service_paced=16, service_span_s=4,
+    service_s=0.5, service_paced=16, service_span_s=1, instances_box_s=6, instances_sweep=(12,),
 )  # fmt: skip
 
 

@@ -1,5 +1,6 @@
 """The ``service`` scenario: a GPU server at a realistic service time, L = 2 s a sentence
-(± 0.2 s, uniform), C = 16 calls at once, FIFO past that; every processor at window 16.
+(± 0.2 s, uniform), C = 16 calls at once, FIFO past that; every processor at window 16. (The
+smoke run's L is 0.5 s, so that it stays tiny; its figures only show the harness works.)
 
 Each processor (Voxline, then the peers) gets a request topic of its own and one process, and
 goes through three steps:
@@ -40,13 +41,8 @@ if TYPE_CHECKING:
     from bench.run import Bench
 
 CAPACITY = WINDOW = 16
-SERVICE_S, JITTER_S = 2.0, 0.2
-#: Paced arrivals, requests/s: half of C/L.
-PACE = CAPACITY / SERVICE_S / 2
-FAKE = (
-    "--capacity", str(CAPACITY), "--latency-ms", str(SERVICE_S * 1000),
-    "--jitter-ms", str(JITTER_S * 1000), "--queue", "fifo", "--log-calls",
-)  # fmt: skip
+#: The jitter of a service time, as a share of L.
+JITTER = 0.1
 BROKER_TIME = {"message.timestamp.type": "LogAppendTime"}
 #: A peer still finishing its batch when measured is stopped after this long.
 PEER_STOP_S = 5.0
@@ -102,12 +98,19 @@ async def until(what: str, check: Any, timeout_s: float) -> None:
         await asyncio.sleep(0.1)
 
 
-async def paced(bench: Bench, topic: str, records: Sequence[tuple[bytes, bytes]]) -> None:
-    """One record every 1/PACE seconds, each acknowledged before the next is due."""
+def pace(service_s: float) -> float:
+    """Paced arrivals, requests/s: half of C/L."""
+    return CAPACITY / service_s / 2
+
+
+async def paced(
+    bench: Bench, topic: str, records: Sequence[tuple[bytes, bytes]], rate: float
+) -> None:
+    """One record every ``1/rate`` seconds, each acknowledged before the next is due."""
     loop = asyncio.get_running_loop()
     start = loop.time()
     for i, (key, value) in enumerate(records):
-        await asyncio.sleep(max(0.0, start + i / PACE - loop.time()))
+        await asyncio.sleep(max(0.0, start + i / rate - loop.time()))
         await bench.kafka.producer.send_and_wait(topic, value, key=key)
 
 
@@ -127,10 +130,10 @@ async def one(bench: Bench, kind: str, fake: Fake) -> dict[str, Any]:
     done = await bench.completion_topic("service", kind, BROKER_TIME)
     await fake.control(reset=True)
     env = bench.processor_env("service", kind, topic, fake.url, WINDOW)
-    warm, n = CAPACITY, sizes.service_paced
-    span = sizes.service_span_s
-    backlog = round(CAPACITY / SERVICE_S * (2 * SERVICE_S + span) * 1.25) + CAPACITY
-    bench.say(f"service: {kind}: warm-up {warm}, {n} paced at {PACE:g}/s, backlog {backlog}")
+    warm, n, span, service_s = CAPACITY, sizes.service_paced, sizes.service_span_s, sizes.service_s
+    backlog = round(CAPACITY / service_s * (2 * service_s + span) * 1.25) + CAPACITY
+    rate = pace(service_s)
+    bench.say(f"service: {kind}: warm-up {warm}, {n} paced at {rate:g}/s, backlog {backlog}")
     proc = Processor(kind, env, bench.raw / f"service.{kind}.log")
     async with proc:
 
@@ -139,7 +142,7 @@ async def one(bench: Bench, kind: str, fake: Fake) -> dict[str, Any]:
 
         await bench.kafka.produce(topic, sentences(run, 0, warm))
         await until(f"{kind}'s warm-up", lambda: count_at_least(warm), 120)
-        await paced(bench, topic, sentences(run, warm, n))
+        await paced(bench, topic, sentences(run, warm, n), rate)
         await until(f"{kind}'s paced requests", lambda: count_at_least(warm + n), 60)
         paced_calls, queued = await calls_of(fake)
         await bench.kafka.produce(topic, sentences(run, warm + n, backlog))
@@ -149,9 +152,9 @@ async def one(bench: Bench, kind: str, fake: Fake) -> dict[str, Any]:
 
         await until(f"{kind}'s backlog", backlog_served, 60)
         first = min(a for _, a, _ in (await calls_of(fake))[0][len(paced_calls) :])
-        start, end = first + 2 * SERVICE_S, first + 2 * SERVICE_S + span
+        start, end = first + 2 * service_s, first + 2 * service_s + span
         # A call is logged when its service ends: wait for the last one that began by ``end``.
-        await asyncio.sleep(max(0.0, end + SERVICE_S + JITTER_S + 0.3 - time.time()))
+        await asyncio.sleep(max(0.0, end + service_s * (1 + JITTER) + 0.3 - time.time()))
         calls, _ = await calls_of(fake)
         await proc.stop(timeout=60.0 if kind == "voxline" else PEER_STOP_S)
     if kind == "voxline" and proc.returncode not in (0, None):
@@ -162,7 +165,7 @@ async def one(bench: Bench, kind: str, fake: Fake) -> dict[str, Any]:
     sent = {rid: at for rid, at in (await sent_at(bench, topic)).items() if rid in tags.values()}
     latencies = added_latency(sent, ends, by_rid)
     in_span = [c for c in calls[len(paced_calls) :] if c[2] > start and c[1] < end]
-    mean_l = statistics.fmean(d - a for _, a, d in in_span) if in_span else SERVICE_S
+    mean_l = statistics.fmean(d - a for _, a, d in in_span) if in_span else service_s
     finished = sum(start <= at < end for rid, at in ends.items() if rid not in sent)
     return {
         "measured": len(latencies),
@@ -184,7 +187,12 @@ async def one(bench: Bench, kind: str, fake: Fake) -> dict[str, Any]:
 
 
 async def service(bench: Bench) -> None:
-    async with bench.fake("service", *FAKE) as fake:
+    service_s = bench.sizes.service_s
+    fake_args = (
+        "--capacity", str(CAPACITY), "--latency-ms", str(service_s * 1000),
+        "--jitter-ms", str(service_s * JITTER * 1000), "--queue", "fifo", "--log-calls",
+    )  # fmt: skip
+    async with bench.fake("service", *fake_args) as fake:
         found = {kind: await one(bench, kind, fake) for kind in bench.kinds()}
     bench.dump["service"] = found
     for kind, f in found.items():
@@ -197,9 +205,9 @@ async def service(bench: Bench) -> None:
     bench.rows += [
         Row("service", f"throughput / (C/L), backlog, {span:g} s past the ramp",
             of("busy_share"), "higher", "≥ 0.99 (Voxline)", 3),
-        Row("service", "records/s in that span (completion events; C/L = 8)",
+        Row("service", f"records/s in that span (events; C/L = {CAPACITY / service_s:g})",
             of("records_per_s"), "higher", "", 2),
-        Row("service", f"added latency p50, ms (paced at {PACE:g}/s, no wait for a slot)",
+        Row("service", f"added latency p50, ms (paced at {pace(service_s):g}/s, never a wait)",
             of("added_p50_ms"), "lower", "", 1),
         Row("service", "added latency p99, ms", of("added_p99_ms"), "lower", "≤ 50 (Voxline)", 1),
         Row("service", "end-to-end p99, s (service time included)", of("e2e_p99_s"), "lower",
