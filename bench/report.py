@@ -60,6 +60,43 @@ def table(rows: Sequence[Row], peers: bool) -> str:
     return "\n".join(lines)
 
 
+#: Issue 17's targets against the best peer: (scenario, start of the figure, better, bound),
+#: Voxline / best peer within ``bound`` (at most for "lower", at least for "higher").
+AGAINST_BEST = (
+    ("overhead", "CPU seconds per 1,000 records", "lower", 0.7),
+    ("overhead", "records/s end to end", "higher", 1.0),
+    ("backlog", "peak RSS", "lower", 1.0),
+    ("backlog", "drain rate", "higher", 1.0),
+)
+
+
+def against_best(rows: Sequence[Row]) -> list[str]:
+    """Markdown lines: each figure of :data:`AGAINST_BEST` for every processor, the best
+    peer's value, Voxline's ratio to it and the target; nothing without the peers."""
+    lines = [
+        "| figure | Voxline | gather-batch | FastStream | Voxline / best peer | target | |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for scenario, start, better, bound in AGAINST_BEST:
+        row = next((r for r in rows if r.scenario == scenario and r.figure.startswith(start)), None)
+        if row is None:
+            continue
+        peers = [v for p in PEERS if (v := row.values.get(p)) is not None and not math.isnan(v)]
+        ours = row.values.get("voxline")
+        if not peers or ours is None or math.isnan(ours):
+            continue
+        best = min(peers) if better == "lower" else max(peers)
+        ratio = ours / best if best else math.inf
+        met = ratio <= bound if better == "lower" else ratio >= bound
+        sign = "≤" if better == "lower" else "≥"
+        cells = [_fmt(row.values.get(k), row.digits) for k in ("voxline", *PEERS)]
+        lines.append(
+            f"| {scenario}: {row.figure} | {' | '.join(cells)} | {ratio:.2f} | {sign} {bound:g} "
+            f"| {'met' if met else 'missed'} |"
+        )
+    return lines if len(lines) > 2 else []
+
+
 @dataclasses.dataclass(frozen=True)
 class Timeline:
     """The adaptive run, relative to its first completion."""

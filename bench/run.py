@@ -356,6 +356,9 @@ class Bench:
             "",
             report.table(self.rows, self.peers),
         ]
+        best = report.against_best(self.rows)
+        if best:
+            lines += ["", "Against the best peer (issue 17's targets):", "", *best]
         if self.verdicts:
             lines += ["", *shapes.summary(self.verdicts, self.sweeps), ""]
             lines += [f"![adaptive window, {n}](adaptive-{n}.png)" for n in self.timelines]
