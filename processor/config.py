@@ -118,8 +118,8 @@ class BackendsConfig:
     max_records: int = 0
     #: Priority lanes (``[[lanes]]``, ``processor.lanes``); none: one lane, the request topic.
     lanes: tuple[Lane, ...] = ()
-    #: The quality gate (``[quality]``, ``processor.quality``); off without the table.
-    quality: Thresholds = dataclasses.field(default_factory=lambda: Thresholds(enabled=False))
+    #: The quality gate (``[quality]``, ``processor.quality``); on unless ``enabled = false``.
+    quality: Thresholds = dataclasses.field(default_factory=Thresholds)
 
     @property
     def record_window(self) -> int:
@@ -213,8 +213,6 @@ def parse(
         quality = thresholds_from(data.get("quality", {}), f"{source}: [quality]")
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
-    if "quality" not in data:
-        quality = Thresholds(enabled=False)
     return BackendsConfig(default, backends, references, max_records, lanes, quality)
 
 

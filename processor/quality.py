@@ -255,18 +255,24 @@ def _repetition(samples: Samples, rate: int, min_lag_s: float) -> float:
     if float((feats * feats).mean()) < _STEADY:
         return 0.0  # a steady sound (a tone, a hum): alike throughout, but no phrase looping
     count = len(feats)
-    best = 0.0
-    for lag in range(min_lag, count // 2 + 1):
-        a, b = feats[:-lag], feats[lag:]
-        denom = float(np.sqrt((a * a).sum() * (b * b).sum()))
-        if denom > 0:
-            best = max(best, float((a * b).sum()) / denom)
-    return best
+    lags = np.arange(min_lag, count // 2 + 1)
+    if not len(lags):
+        return 0.0
+    # For each lag, sum(a * b) / sqrt(sum(a * a) * sum(b * b)) with a = feats[:-lag] and
+    # b = feats[lag:]: the products by the FFT (autocorrelation), the energies by cumsum.
+    spectrum = np.fft.rfft(feats, n=2 * count, axis=0)
+    products = np.fft.irfft((spectrum * spectrum.conj()).real, n=2 * count, axis=0).sum(axis=1)
+    energy = np.concatenate([[0.0], np.cumsum((feats * feats).sum(axis=1))])
+    denom = np.sqrt((energy[count - lags] - energy[0]) * (energy[count] - energy[lags]))
+    ok = denom > 0
+    if not ok.any():
+        return 0.0
+    return max(0.0, float((products[lags][ok] / denom[ok]).max()))
 
 
 def thresholds_from(table: object, where: str = "[quality]") -> Thresholds:
     """``Thresholds`` from a config table (``[quality]`` in ``VOXLINE_CONFIG``): the gate is
-    on when the table is there unless ``enabled = false``; ``[quality.pace]`` maps a language
+    on (with or without the table) unless ``enabled = false``; ``[quality.pace]`` maps a language
     to ``[low, high]`` seconds per character, merged over the defaults. ``ValueError`` names
     the key that is wrong."""
     if not isinstance(table, dict):

@@ -101,7 +101,7 @@ class Synthesizer:
     ) -> None:
         self.lexicons = lexicons
         breakers = {name: r.gate.breaker for name, r in routes.items()}
-        self.quality = QualityGate(quality or Thresholds(enabled=False), metrics, breakers)
+        self.quality = QualityGate(quality or Thresholds(), metrics, breakers)
         self.routes = routes
         self.default_route = default_route
         self.references = references

@@ -51,7 +51,8 @@ ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "infra"
 PARTITIONS = 4
 #: Fake speech server defaults: quick, a little jittery, short audio (small objects).
-FAKE_ARGS = ("--latency-ms", "30", "--jitter-ms", "15", "--ms-per-char", "5")
+#: 60 ms a character: a voice's pace, which the quality gate (on by default) checks.
+FAKE_ARGS = ("--latency-ms", "30", "--jitter-ms", "15", "--ms-per-char", "60")
 
 
 def results_path() -> Path:

@@ -113,7 +113,7 @@ async def test_instances_joining_and_leaving_lose_nothing(
     """A second and a third instance join mid-run; the first leaves with SIGTERM. Requests
     are fed as the run goes (a backlog of 40, then a last 150), so every change happens while
     there is work however slow the machine."""
-    slower = ("--latency-ms", "100", "--jitter-ms", "50", "--ms-per-char", "5")
+    slower = ("--latency-ms", "100", "--jitter-ms", "50", "--ms-per-char", "60")
     async with drill(services, tmp_path, "scale", fake_args=slower) as run:
         feeder = support.Feeder(run)
         first = await run.fleet.start()
@@ -245,7 +245,7 @@ async def test_sigterm_during_a_broker_outage_exits_within_the_drain_timeout(
     only duplicates are records the shutdown stranded (see kills.py)."""
     drain = 10
     await infra(services, "kafka.sh", "status")
-    slower = ("--latency-ms", "150", "--jitter-ms", "50", "--ms-per-char", "5")
+    slower = ("--latency-ms", "150", "--jitter-ms", "50", "--ms-per-char", "60")
     async with drill(
         services,
         tmp_path,

@@ -28,7 +28,7 @@ OUTAGE_S = float(os.environ.get("VOXLINE_ISOLATION_OUTAGE_S", "10"))
 #: Seconds measured before the outage (after a warm-up of ``WARM`` outcomes).
 BEFORE_S = 8.0
 WARM = 20
-PACE = ("--latency-ms", "400", "--jitter-ms", "0", "--ms-per-char", "0")
+PACE = ("--latency-ms", "400", "--jitter-ms", "0", "--ms-per-char", "60")  # a voice's pace
 WINDOW = 4
 #: Calls per second one backend can answer with its window full.
 RATE = WINDOW / 0.4

@@ -70,7 +70,7 @@ async def test_three_backends_one_failing_the_others_unaffected(
     services: Services, tmp_path: Path
 ) -> None:
     async with (
-        cosyvoice_fake(latency_ms=20, ms_per_char=40) as cosy,
+        cosyvoice_fake(latency_ms=20, ms_per_char=250) as cosy,  # a Chinese voice's pace
         fish_fake(fail_first_n=1_000_000) as fish,  # answers 500 to everything
     ):
         settings = unique_settings(
@@ -122,7 +122,8 @@ async def test_long_texts_become_one_object_as_long_as_their_chunks(
 ) -> None:
     zh = repeat_to(ZH_PARAGRAPHS, 5000)
     en = repeat_to([EN_CHAPTER], 5000)
-    async with cosyvoice_fake(ms_per_char=30) as cosy, fish_fake() as fish:
+    # 250 ms a character: a Chinese voice's pace (the quality gate checks the duration)
+    async with cosyvoice_fake(ms_per_char=250) as cosy, fish_fake() as fish:
         settings = unique_settings(
             services, "long", config_path=_config(tmp_path, cosy.url, fish.url)
         )

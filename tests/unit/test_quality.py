@@ -117,11 +117,14 @@ def test_no_false_positive_on_espeak_output(language: str) -> None:
     assert flagged == []
 
 
-def test_the_config_table_turns_the_gate_on_and_names_a_wrong_key() -> None:
-    from processor.config import ConfigError, parse
+def test_the_gate_is_on_by_default_and_the_table_tunes_or_disables_it() -> None:
+    from processor.config import ConfigError, parse, single_backend
 
     base = {"backends": {"e": {"kind": "espeak"}}}
-    assert parse(base, {}).quality.enabled is False
+    assert parse(base, {}).quality == Thresholds()
+    assert Thresholds().enabled
+    assert single_backend().quality.enabled
+    assert parse({**base, "quality": {"enabled": False}}, {}).quality.enabled is False
     table = {"attempts": 2, "max_repetition": 0.9, "pace": {"de": [0.05, 0.2]}}
     quality = parse({**base, "quality": table}, {}).quality
     assert (quality.enabled, quality.attempts, quality.max_repetition) == (True, 2, 0.9)
