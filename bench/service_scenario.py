@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from bench.harness import Fake, Processor
 from bench.lanes_scenario import completions, percentile, sent_at
 from bench.report import Row
+from processor.kafka.records import read_to_end
 
 if TYPE_CHECKING:
     from bench.run import Bench
@@ -114,6 +115,15 @@ async def paced(
         await bench.kafka.producer.send_and_wait(topic, value, key=key)
 
 
+async def timings(bench: Bench, topic: str) -> dict[str, Any]:
+    """request_id -> the ``timings`` of its completion event (Voxline's; the peers send none)."""
+    found = {}
+    for r in await read_to_end(bench.kafka.settings, topic):
+        event = json.loads(r.value or b"{}")
+        found[event.get("request_id", "?")] = event.get("timings")
+    return found
+
+
 async def calls_of(fake: Fake) -> tuple[list[tuple[str, float, float]], int]:
     response = await fake.http.get(f"{fake.admin}/calls")
     response.raise_for_status()
@@ -161,7 +171,7 @@ async def one(bench: Bench, kind: str, fake: Fake) -> dict[str, Any]:
         bench.notes.append(f"service/{kind} exited with {proc.returncode}")
     tags = {tag(i): f"{run}-{i:05d}" for i in range(warm, warm + n)}
     by_rid = {tags[t]: (a, d) for t, a, d in paced_calls if t in tags}
-    ends = await completions(bench, done)
+    ends, spent = await completions(bench, done), await timings(bench, done)
     sent = {rid: at for rid, at in (await sent_at(bench, topic)).items() if rid in tags.values()}
     latencies = added_latency(sent, ends, by_rid)
     in_span = [c for c in calls[len(paced_calls) :] if c[2] > start and c[1] < end]
@@ -175,14 +185,39 @@ async def one(bench: Bench, kind: str, fake: Fake) -> dict[str, Any]:
         "before_p99_ms": 1000 * percentile([x[1] for x in latencies], 0.99),
         "after_p99_ms": 1000 * percentile([x[2] for x in latencies], 0.99),
         "e2e_p99_s": percentile([ends[rid] - sent[rid] for *_, rid in latencies], 0.99),
-        "slowest_ms": [
-            [rid, *(round(1000 * x, 1) for x in parts)] for *parts, rid in latencies[-3:]
+        # The slowest: added, before the call, after it (ms), and the event's own timings.
+        "slowest": [
+            [rid, *(round(1000 * x, 1) for x in parts), spent.get(rid)]
+            for *parts, rid in latencies[-3:]
         ],
+        **stages(latencies, spent, sent, ends),
         "busy_share": busy_share(in_span, start, end, CAPACITY),
         "mean_service_s": mean_l,
         "records_per_s": finished / span,
         "span_s": [round(start, 2), round(end, 2)],
         "calls": [(t, round(a, 4), round(d, 4)) for t, a, d in calls],
+    }
+
+
+def stages(
+    latencies: Sequence[tuple[float, float, float, str]],
+    spent: Mapping[str, Any],
+    sent: Mapping[str, float],
+    ends: Mapping[str, float],
+) -> dict[str, float]:
+    """p50 and p99 (ms) of the parts of the time after the call that Voxline's events report:
+    the upload (``store_ms``) and the publication (the event's broker time minus the request's
+    and ``total_ms``, which runs to the publication's start). Empty for the peers."""
+    known = [(spent[rid], rid) for *_, rid in latencies if isinstance(spent.get(rid), dict)]
+    if not known:
+        return {}
+    store = [float(t["store_ms"]) for t, _ in known]
+    publish = [1000 * (ends[rid] - sent[rid]) - t["total_ms"] for t, rid in known]
+    return {
+        "store_p50_ms": percentile(store, 0.5),
+        "store_p99_ms": percentile(store, 0.99),
+        "publish_p50_ms": percentile(publish, 0.5),
+        "publish_p99_ms": percentile(publish, 0.99),
     }
 
 
@@ -213,3 +248,9 @@ async def service(bench: Bench) -> None:
         Row("service", "end-to-end p99, s (service time included)", of("e2e_p99_s"), "lower",
             "", 2),
     ]  # fmt: skip
+    for key, figure in (("store", "upload"), ("publish", "publication")):
+        values = {"voxline": found.get("voxline", {}).get(f"{key}_p99_ms")}
+        if values["voxline"] is not None:
+            bench.rows.append(
+                Row("service", f"of it, Voxline's {figure} p99, ms", values, "", "", 1)
+            )
