@@ -48,7 +48,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -154,6 +154,8 @@ class Bench:
         self.dump: dict[str, Any] = {}
         self.env = service_env()
         self.load_at_start = os.getloadavg()[0]
+        #: (scenario, seconds it took, 1-minute load average at its start)
+        self.spans: list[tuple[str, float, float]] = []
 
     def kinds(self) -> tuple[str, ...]:
         return ("voxline", *report.PEERS) if self.peers else ("voxline",)
@@ -345,10 +347,17 @@ class Bench:
             + (" --smoke" if self.smoke else "")
             + "` reproduces it.",
             "",
+            "Each scenario's minutes and the load at its start: "
+            + ", ".join(f"{n} {s / 60:.1f} ({load:.1f})" for n, s, load in self.spans)
+            + ".",
+            "",
             "Backend: `bench/fake_tts.py`, FIFO queue (or processor sharing) past its capacity C, "
             "service time "
-            f"L={LATENCY_MS:g} ms ± {JITTER_MS:g} ms scaled by text length (mean text = L), "
-            "no Retry-After. Texts: log-normal lengths, median 120 characters, 12 to 900. "
+            f"L={LATENCY_MS:g} ms ± {JITTER_MS:g} ms scaled by text length (mean text = L; the "
+            f"service scenario: {self.sizes.service_s:g} s ± 10 % a sentence), no Retry-After; "
+            "the body is speech-like audio as long as the text takes to speak, 8 kHz mono "
+            "(about 100 KB at the median text). Texts: log-normal lengths, median 120 "
+            "characters, 12 to 900. "
             f"{PARTITIONS} partitions. Peers get the same requests, backend, store, broker "
             "and window; `✓` marks a ratio where Voxline is ahead. Throughput is counted from the "
             "first to the last completion event; backlog runs are time-boxed "
@@ -405,25 +414,23 @@ async def main(argv: Sequence[str] | None = None) -> int:
     ensure_services(env)
     async with Kafka(env["KAFKA_BOOTSTRAP_SERVERS"]) as kafka:
         bench = Bench(kafka, args)
+        steps: dict[str, Callable[[Bench], Awaitable[None]]] = {
+            "ideal": scenarios.ideal,
+            "service": service_scenario.service,
+            "overhead": lambda b: scenarios.overhead(b, args.profile),
+            "adaptive": shapes.adaptive,
+            "backlog": scenarios.backlog,
+            "cache": cache_scenario.cache,
+            "lanes": lanes_scenario.lanes,
+            "instances": instances_scenario.instances,
+            "quality": quality_scenario.quality,
+        }
         try:
-            if "ideal" in args.chosen:
-                await scenarios.ideal(bench)
-            if "service" in args.chosen:
-                await service_scenario.service(bench)
-            if "overhead" in args.chosen or args.profile:
-                await scenarios.overhead(bench, args.profile)
-            if "adaptive" in args.chosen:
-                await shapes.adaptive(bench)
-            if "backlog" in args.chosen:
-                await scenarios.backlog(bench)
-            if "cache" in args.chosen:
-                await cache_scenario.cache(bench)
-            if "lanes" in args.chosen:
-                await lanes_scenario.lanes(bench)
-            if "instances" in args.chosen:
-                await instances_scenario.instances(bench)
-            if "quality" in args.chosen:
-                await quality_scenario.quality(bench)
+            for name, step in steps.items():
+                if name in args.chosen or (name == "overhead" and args.profile):
+                    load, began = os.getloadavg()[0], time.monotonic()
+                    await step(bench)
+                    bench.spans.append((name, time.monotonic() - began, load))
         finally:
             if not args.keep:
                 await bench.cleanup()
