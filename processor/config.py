@@ -210,7 +210,7 @@ def parse(
         _lane(i, t, source) for i, t in enumerate(_typed(data, "lanes", list, [], source))
     )
     try:
-        quality = thresholds_from(data.get("quality", {}), f"{source}: [quality]")
+        quality = thresholds_from(data.get("quality", {}), f"{source}: [quality]", env)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
     return BackendsConfig(default, backends, references, max_records, lanes, quality)

@@ -29,6 +29,7 @@ from collections.abc import Mapping
 import numpy as np
 import numpy.typing as npt
 
+from processor.asr import AsrSettings, settings_from
 from processor.audio import wav_pcm
 
 Samples = npt.NDArray[np.float64]
@@ -75,6 +76,8 @@ class Thresholds:
     silent_peak: float = 1e-3
     repeat_min_lag_s: float = 1.0
     max_repetition: float = 0.95
+    #: The ASR round trip (``[quality.asr]``, ``processor.asr``); None: no transcription.
+    asr: AsrSettings | None = None
 
 
 def decode(wav: bytes) -> tuple[Samples, int]:
@@ -270,11 +273,13 @@ def _repetition(samples: Samples, rate: int, min_lag_s: float) -> float:
     return max(0.0, float((products[lags][ok] / denom[ok]).max()))
 
 
-def thresholds_from(table: object, where: str = "[quality]") -> Thresholds:
+def thresholds_from(
+    table: object, where: str = "[quality]", environ: Mapping[str, str] | None = None
+) -> Thresholds:
     """``Thresholds`` from a config table (``[quality]`` in ``VOXLINE_CONFIG``): the gate is
     on (with or without the table) unless ``enabled = false``; ``[quality.pace]`` maps a language
-    to ``[low, high]`` seconds per character, merged over the defaults. ``ValueError`` names
-    the key that is wrong."""
+    to ``[low, high]`` seconds per character, merged over the defaults; ``[quality.asr]`` sets
+    up the ASR round trip (``processor.asr``). ``ValueError`` names the key that is wrong."""
     if not isinstance(table, dict):
         raise ValueError(f"{where} must be a table")
     fields = {f.name: f for f in dataclasses.fields(Thresholds)}
@@ -285,6 +290,8 @@ def thresholds_from(table: object, where: str = "[quality]") -> Thresholds:
     for key, value in table.items():
         if key == "pace":
             values[key] = {**DEFAULT_PACE, **_pace(value, f"{where}.pace")}
+        elif key == "asr":
+            values[key] = settings_from(value, f"{where}.asr", environ or {})
         elif key == "enabled":
             if not isinstance(value, bool):
                 raise ValueError(f"{where}.enabled must be true or false")

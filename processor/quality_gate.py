@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Mapping
 import structlog
 from prometheus_client import Counter
 
+from processor.asr import Transcriber, error_rate
 from processor.backends.base import Audio, Utterance
 from processor.breaker import Breaker
 from processor.errors import Permanent, Reason, Stage
@@ -90,11 +91,15 @@ class QualityGate:
         thresholds: Thresholds,
         metrics: Metrics,
         breakers: Mapping[str, Breaker | None] | None = None,
+        transcriber: Transcriber | None = None,
     ) -> None:
         self.thresholds = thresholds
         self.failed = failures_counter(metrics)
         self.breakers = breakers or {}
         self.recent: dict[str, collections.deque[bool]] = {}
+        asr = thresholds.asr if thresholds.enabled else None
+        #: The ASR round trip (``processor.asr``) when ``[quality.asr]`` is configured.
+        self.asr = transcriber or (Transcriber(asr) if asr is not None else None)
 
     def _settled(self, backend: str, bad: bool) -> None:
         """A chunk's verdict after its regenerations; trips the backend's breaker when most
@@ -123,7 +128,28 @@ class QualityGate:
                 )
         except ValueError:
             return {"decodable": 0.0}, ["undecodable"]
-        return measures, failures(measures, call.language, t, call.text)
+        failed = failures(measures, call.language, t, call.text)
+        if not failed and self.asr is not None:
+            failed = await self._heard(self.asr, audio, call, measures)
+        return measures, failed
+
+    @staticmethod
+    async def _heard(
+        asr: Transcriber, audio: Audio, call: Utterance, measures: dict[str, float]
+    ) -> list[str]:
+        """The ASR round trip of audio that passed the signal checks: ``asr`` when the
+        transcription differs from the text by more than ``max_error``."""
+        heard = await asr.heard(audio.data, call.language)
+        if heard is None:
+            measures["asr_skipped"] = 1.0
+            return []
+        rate = round(error_rate(call.text, heard, call.language), 4)
+        measures["asr_error_rate"] = rate
+        return ["asr"] if rate > asr.settings.max_error else []
+
+    async def aclose(self) -> None:
+        if self.asr is not None:
+            await self.asr.aclose()
 
     async def made(
         self,
@@ -174,4 +200,10 @@ def quality_summary(chunks: list[dict[str, float]], regenerated: int) -> dict[st
     out["dc_offset"] = max((c["dc_offset"] for c in chunks), key=abs)
     out["seconds_per_char_min"] = min(c["seconds_per_char"] for c in chunks)
     out["seconds_per_char_max"] = max(c["seconds_per_char"] for c in chunks)
+    rates = [c["asr_error_rate"] for c in chunks if "asr_error_rate" in c]
+    skipped = sum(1 for c in chunks if c.get("asr_skipped"))
+    if rates:
+        out["asr_error_rate"] = max(rates)
+    if rates or skipped:
+        out["asr_skipped"] = skipped
     return out
