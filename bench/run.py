@@ -119,9 +119,9 @@ class Sizes:
 
 
 FULL = Sizes(
-    ideal=Box(2000, 15), overhead=Box(6000, 12), backlog=Box(100_000, 20),
-    adaptive_records=4000, sweep=(12, 16, 24), sweep_s=8, phases=(20, 10, 20),
-    restart_s=5, service_s=2.0, service_paced=80, service_span_s=12, instances_box_s=25,
+    ideal=Box(2000, 12), overhead=Box(6000, 10), backlog=Box(100_000, 15),
+    adaptive_records=4000, sweep=(12, 16, 24), sweep_s=6, phases=(20, 10, 20),
+    restart_s=5, service_s=2.0, service_paced=80, service_span_s=10, instances_box_s=20,
     instances_sweep=(12, 16, 18),
 )  # fmt: skip
 SMOKE = Sizes(
