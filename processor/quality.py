@@ -21,7 +21,6 @@ Checks (each a measured value and a bound in ``Thresholds``):
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import re
 import struct
 from collections.abc import Mapping
@@ -160,21 +159,25 @@ def measure(
 ) -> dict[str, float]:
     """Every measured value of one chunk (``ValueError`` for a file that is no WAV)."""
     samples, rate = decode(wav)
-    duration = len(samples) / rate if rate else 0.0
-    bad = ~np.isfinite(samples)
+    n = len(samples)
+    duration = n / rate if rate else 0.0
+    finite = np.isfinite(samples)
+    nonfinite = n - int(np.count_nonzero(finite))
     out: dict[str, float] = {
         "duration_s": round(duration, 3),
-        "nonfinite_ratio": float(bad.mean()) if len(samples) else 0.0,
+        "nonfinite_ratio": nonfinite / n if n else 0.0,
     }
-    clean = np.where(bad, 0.0, samples)
+    clean = np.where(finite, samples, 0.0) if nonfinite else samples
     chars = spoken_length(text)
     out["seconds_per_char"] = round(duration * max(speed, 1e-3) / max(chars, 1), 4)
     out["characters"] = float(chars)
     out["pauses"] = float(len(_PAUSES.findall(text)))
-    out["peak"] = round(float(np.abs(clean).max()) if len(clean) else 0.0, 5)
-    out["clipping_ratio"] = round(float((np.abs(clean) >= 0.999).mean()) if len(clean) else 0, 5)
-    out["dc_offset"] = round(float(clean.mean()) if len(clean) else 0.0, 5)
-    out.update(_silence(clean, rate, thresholds))
+    magnitude = np.abs(clean)
+    mean = float(clean.mean()) if n else 0.0
+    out["peak"] = round(float(magnitude.max()) if n else 0.0, 5)
+    out["clipping_ratio"] = round(int(np.count_nonzero(magnitude >= 0.999)) / n if n else 0, 5)
+    out["dc_offset"] = round(mean, 5)
+    out.update(_silence(clean, rate, thresholds, mean))
     out["repetition"] = round(_repetition(clean, rate, thresholds.repeat_min_lag_s), 4)
     out["speed"] = speed
     return out
@@ -218,12 +221,16 @@ def _frames(samples: Samples, rate: int) -> npt.NDArray[np.float64]:
     return samples[: count * size].reshape(count, size)
 
 
-def _silence(samples: Samples, rate: int, t: Thresholds) -> dict[str, float]:
-    frames = _frames(samples - samples.mean() if len(samples) else samples, rate)
+def _silence(samples: Samples, rate: int, t: Thresholds, mean: float) -> dict[str, float]:
+    """Silent 20 ms frames: RMS (of the samples less their ``mean``) below ``silence_dbfs``."""
+    frames = _frames(samples, rate)
     if not len(frames):
         return {"leading_silence_s": 0.0, "trailing_silence_s": 0.0, "silence_ratio": 1.0}
-    rms = np.sqrt((frames**2).mean(axis=1))
-    silent = rms < 10 ** (t.silence_dbfs / 20)
+    size = frames.shape[1]
+    # mean((x - m)^2) = mean(x^2) - 2 m mean(x) + m^2, without a mean-removed copy
+    power = np.einsum("ij,ij->i", frames, frames) / size
+    power += mean * (mean - 2 * frames.sum(axis=1) / size)
+    silent = power < 10 ** (t.silence_dbfs / 10)
     voiced = np.flatnonzero(~silent)
     if not len(voiced):
         lead = trail = len(frames) * _FRAME_S
@@ -239,9 +246,10 @@ def _silence(samples: Samples, rate: int, t: Thresholds) -> dict[str, float]:
 def _features(samples: Samples, rate: int) -> npt.NDArray[np.float64]:
     """Log energy in eight bands per 20 ms frame, each band's mean removed."""
     frames = _frames(samples, rate)
-    spectrum = np.abs(np.fft.rfft(frames * np.hanning(frames.shape[1]), axis=1)) ** 2
-    edges = np.unique(np.geomspace(1, spectrum.shape[1], 9).astype(int))
-    bands = np.stack([spectrum[:, a:b].sum(axis=1) for a, b in itertools.pairwise(edges)], axis=1)
+    spectrum = np.fft.rfft(frames * np.hanning(frames.shape[1]), axis=1)
+    power = spectrum.real**2 + spectrum.imag**2
+    edges = np.unique(np.geomspace(1, power.shape[1], 9).astype(int))
+    bands = np.add.reduceat(power[:, : edges[-1]], edges[:-1], axis=1)
     logs = np.log10(bands + 1e-10)
     return np.asarray(logs - logs.mean(axis=0), dtype=np.float64)
 
