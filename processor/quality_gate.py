@@ -29,7 +29,7 @@ from processor.usage import Usage
 
 Logger = structlog.typing.FilteringBoundLogger
 
-_COUNTERS: weakref.WeakKeyDictionary[Metrics, Counter] = weakref.WeakKeyDictionary()
+_COUNTERS: weakref.WeakKeyDictionary[Metrics, dict[str, Counter]] = weakref.WeakKeyDictionary()
 
 
 class QualityFailed(Permanent):
@@ -56,18 +56,32 @@ class QualityFailed(Permanent):
         return out
 
 
+#: The gate's counters: name -> help and labels.
+COUNTERS = {
+    "voxline_quality_failures_total": (
+        "Chunk syntheses that failed a quality check, by backend and check.",
+        ("backend", "check"),
+    ),
+    "voxline_quality_asr_skipped_total": (
+        "Chunks the ASR round trip could not check (transcription server down or failing), "
+        "by backend.",
+        ("backend",),
+    ),
+}
+
+
+def counter(metrics: Metrics, name: str) -> Counter:
+    """The counter ``name`` of :data:`COUNTERS` on ``metrics``' registry (made once)."""
+    made = _COUNTERS.setdefault(metrics, {})
+    if name not in made:
+        text, labels = COUNTERS[name]
+        made[name] = Counter(name, text, labels, registry=metrics.registry)
+    return made[name]
+
+
 def failures_counter(metrics: Metrics) -> Counter:
     """``voxline_quality_failures_total{backend,check}`` on ``metrics``' registry (once)."""
-    counter = _COUNTERS.get(metrics)
-    if counter is None:
-        counter = Counter(
-            "voxline_quality_failures_total",
-            "Chunk syntheses that failed a quality check, by backend and check.",
-            ["backend", "check"],
-            registry=metrics.registry,
-        )
-        _COUNTERS[metrics] = counter
-    return counter
+    return counter(metrics, "voxline_quality_failures_total")
 
 
 def speed_of(call: Utterance) -> float:
@@ -95,6 +109,7 @@ class QualityGate:
     ) -> None:
         self.thresholds = thresholds
         self.failed = failures_counter(metrics)
+        self.skipped = counter(metrics, "voxline_quality_asr_skipped_total")
         self.breakers = breakers or {}
         self.recent: dict[str, collections.deque[bool]] = {}
         asr = thresholds.asr if thresholds.enabled else None
@@ -170,6 +185,8 @@ class QualityGate:
                 this = dataclasses.replace(call, seed=call.seed + attempt - 1)
             audio = await synthesize(this)
             measures, failed = await self.check(audio, this)
+            if measures.get("asr_skipped"):
+                self.skipped.labels(backend=backend).inc()
             if not failed:
                 if usage is not None and measures:
                     usage.quality.append(measures)

@@ -148,15 +148,21 @@ async def test_the_gate_regenerates_a_chunk_asr_heard_wrong_then_dead_letters_it
     async def synthesize(_: Utterance) -> Audio:
         return audio
 
+    metrics = Metrics()
     async with running_fake(script=["a completely different sentence"], text=TEXT) as fake:
-        gate = QualityGate(Thresholds(attempts=2, asr=settings(fake.url)), Metrics())
+        gate = QualityGate(Thresholds(attempts=2, asr=settings(fake.url)), metrics)
         made = await gate.made(call, "b", synthesize, log)
         assert made is audio
         assert fake.stats()["requests"] == 2, "wrong once, regenerated, right"
         fake.set(text="nothing like it")
         with pytest.raises(QualityFailed) as caught:
             await gate.made(call, "b", synthesize, log)
+        fake.set(down=True)
+        assert await gate.made(call, "b", synthesize, log) is audio, "unverified, passed"
         await gate.aclose()
+    rendered = metrics.render().decode()
+    assert 'voxline_quality_failures_total{backend="b",check="asr"} 3.0' in rendered
+    assert 'voxline_quality_asr_skipped_total{backend="b"} 1.0' in rendered
     assert caught.value.checks == ["asr"]
     headers = caught.value.headers
     assert headers["dlq.quality.checks"] == "asr"
