@@ -8,8 +8,6 @@ import datetime as dt
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol
 
-import botocore.exceptions
-
 from processor import s3
 
 if TYPE_CHECKING:
@@ -54,8 +52,8 @@ class S3CacheStore(s3.Connection):
     async def read(self, key: str) -> tuple[bytes, Mapping[str, str]] | None:
         try:
             resp = await self.client.get_object(Bucket=self.bucket, Key=key)
-        except botocore.exceptions.ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in s3.NOT_FOUND:
+        except s3.read_errors() as exc:
+            if s3.not_found(exc):
                 return None
             raise
         async with resp["Body"] as body:

@@ -26,7 +26,6 @@ from xml.parsers import expat
 
 from processor import s3
 from processor.errors import InvalidInput, Stage
-from processor.references import _S3_ERRORS as S3_ERRORS  # what an S3 read raises, once
 from processor.references import parse_reference_uri
 
 MAX_LEXICON_BYTES = 256 * 1024
@@ -216,7 +215,7 @@ class S3LexiconLoader(s3.Connection):
             body = resp["Body"]
             async with body:  # read through the StreamingBody (it checks the length)
                 data = await body.read()
-        except S3_ERRORS as exc:
+        except s3.read_errors() as exc:
             missing = lambda: invalid(f"{uri} does not exist", "lexicon_not_found")  # noqa: E731
             raise s3.error(exc, f"cannot read lexicon {uri}", missing=missing) from exc
         lexicon = parse_pls(data, uri)

@@ -45,16 +45,13 @@ import re
 from collections import OrderedDict
 from typing import TYPE_CHECKING
 
-import aioboto3
-import aiohttp
-import botocore.exceptions
-
 from processor import s3
 from processor.audio import fix_streamed_wav, wav_info
 from processor.backends.base import ReferenceAudio
 from processor.errors import InvalidInput, Stage, VoxlineError
 
 if TYPE_CHECKING:
+    import aioboto3
     from types_aiobotocore_s3 import S3Client
 
 _SCHEME = "s3://"
@@ -219,13 +216,8 @@ def store_error(exc: Exception, uri: str) -> VoxlineError:
     )
 
 
-_S3_ERRORS = (
-    botocore.exceptions.BotoCoreError,
-    botocore.exceptions.ClientError,
-    OSError,
-    asyncio.TimeoutError,
-    aiohttp.ClientError,
-)
+#: What an S3 read raises (botocore imported only once a client was opened).
+_S3_ERRORS = s3.read_errors
 
 
 class S3ReferenceLoader(s3.Connection):
@@ -308,7 +300,7 @@ class S3ReferenceLoader(s3.Connection):
         self._count(heads=1)
         try:
             head = await client.head_object(Bucket=ref.bucket, Key=ref.key)
-        except _S3_ERRORS as exc:
+        except _S3_ERRORS() as exc:
             raise store_error(exc, uri) from exc
         cached = self._cache.get(uri, head.get("ETag", ""))
         if cached is not None:
@@ -332,6 +324,6 @@ class S3ReferenceLoader(s3.Connection):
             async with body:
                 check_size(uri, resp.get("ContentLength", 0), self.limits)
                 data = await body.read()
-        except _S3_ERRORS as exc:
+        except _S3_ERRORS() as exc:
             raise store_error(exc, uri) from exc
         return resp.get("ETag", ""), data

@@ -83,6 +83,29 @@ def _botocore() -> ModuleType | None:
     return sys.modules.get("botocore.exceptions")
 
 
+def read_errors() -> tuple[type[Exception], ...]:
+    """What a call through an aioboto3 client may raise. A function, so that botocore is
+    imported only once a client was opened (``except s3.read_errors() as exc``)."""
+    import aiohttp
+    import botocore.exceptions
+
+    return (
+        botocore.exceptions.BotoCoreError,
+        botocore.exceptions.ClientError,
+        OSError,
+        asyncio.TimeoutError,
+        aiohttp.ClientError,
+    )
+
+
+def not_found(exc: BaseException) -> bool:
+    """``exc`` is botocore's answer that the object is not there."""
+    botocore = _botocore()
+    if botocore is None or not isinstance(exc, botocore.ClientError):
+        return False
+    return exc.response.get("Error", {}).get("Code") in NOT_FOUND
+
+
 #: S3 error codes that mean the object is not there.
 NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound"})
 #: S3 error codes about this object, not the store: retrying cannot help.
