@@ -7,7 +7,7 @@ import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 PEERS = ("gather", "faststream")
 NAMES = {"voxline": "Voxline", "gather": "gather-batch", "faststream": "FastStream"}
@@ -188,3 +188,37 @@ def _steps(changes: Sequence[tuple[float, float]], end: float) -> tuple[list[flo
         times += [t, until]
         values += [v, v]
     return times, values
+
+
+def plot_service(found: Mapping[str, Any], service_s: float, capacity: int, path: Path) -> None:
+    """The service scenario: calls in the server from the backlog's first call (each
+    processor), and every paced request's added latency, sorted (a CDF)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 7))
+    for i, (kind, f) in enumerate(found.items()):
+        start = f["backlog_at"]
+        grid = [start + 0.05 * k for k in range(int((f["span_s"][1] - start) / 0.05) + 1)]
+        busy = [sum(1 for _, a, d in f["calls"] if a <= t < d) for t in grid]
+        top.step([t - start for t in grid], busy, where="post", label=NAMES[kind], color=f"C{i}")
+        added = f["added_ms"]
+        shares = [(k + 1) / len(added) for k in range(len(added))]
+        bottom.step(added, shares, where="post", label=NAMES[kind], color=f"C{i}")
+    top.axhline(capacity, color="k", linestyle="--", label=f"capacity C = {capacity}")
+    top.axvline(2 * service_s, color="grey", linestyle=":", label="measured from here (2 L)")
+    top.set_xlabel("seconds since the backlog's first call")
+    top.set_ylabel("calls in the server")
+    top.set_title(f"Backend L = {service_s:g} s, C = {capacity}, window {capacity}: a backlog")
+    top.legend(loc="lower right", fontsize=8)
+    bottom.axvline(50, color="C3", linestyle="--", label="target p99 ≤ 50 ms (Voxline)")
+    bottom.set_xscale("log")
+    bottom.set_xlabel("added latency, ms (end-to-end minus the backend's service time)")
+    bottom.set_ylabel("share of requests")
+    bottom.set_title("Requests paced at half the capacity (none waits for a slot)")
+    bottom.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

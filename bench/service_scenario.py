@@ -33,6 +33,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from bench import report
 from bench.harness import Fake, Processor
 from bench.lanes_scenario import completions, percentile, sent_at
 from bench.report import Row
@@ -196,6 +197,8 @@ async def one(bench: Bench, kind: str, fake: Fake) -> dict[str, Any]:
         "records_per_s": finished / span,
         "span_s": [round(start, 2), round(end, 2)],
         "calls": [(t, round(a, 4), round(d, 4)) for t, a, d in calls],
+        "backlog_at": first,
+        "added_ms": [round(1000 * x[0], 1) for x in latencies],
     }
 
 
@@ -230,6 +233,7 @@ async def service(bench: Bench) -> None:
     async with bench.fake("service", *fake_args) as fake:
         found = {kind: await one(bench, kind, fake) for kind in bench.kinds()}
     bench.dump["service"] = found
+    report.plot_service(found, service_s, CAPACITY, bench.out / "service.png")
     for kind, f in found.items():
         bench.say(f"service: {kind}: {json.dumps({k: v for k, v in f.items() if k != 'calls'})}")
 
