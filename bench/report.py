@@ -115,12 +115,7 @@ class Timeline:
 
 
 def plot(timeline: Timeline, path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
+    fig, (top, bottom) = _panels(sharex=True)
     seconds = [i + 0.5 for i in range(len(timeline.goodput))]
     top.plot(seconds, timeline.goodput, label="Voxline adaptive: succeeded records/s", color="C0")
     for i, (peer, series) in enumerate(timeline.peers.items()):
@@ -175,6 +170,23 @@ def plot(timeline: Timeline, path: Path, title: str) -> None:
     bottom.set_ylabel("concurrent calls")
     bottom.set_xlabel("seconds since the first completion")
     bottom.legend(loc="upper right", fontsize=8)
+    _save(fig, path)
+
+
+def _panels(*, sharex: bool) -> tuple[Any, tuple[Any, Any]]:
+    """A figure of two panels, one above the other (matplotlib without a display)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 7), sharex=sharex)
+    return fig, (top, bottom)
+
+
+def _save(fig: Any, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -193,12 +205,7 @@ def _steps(changes: Sequence[tuple[float, float]], end: float) -> tuple[list[flo
 def plot_service(found: Mapping[str, Any], service_s: float, capacity: int, path: Path) -> None:
     """The service scenario: calls in the server from the backlog's first call (each
     processor), and every paced request's added latency, sorted (a CDF)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 7))
+    fig, (top, bottom) = _panels(sharex=False)
     for i, (kind, f) in enumerate(found.items()):
         start = f["backlog_at"]
         grid = [start + 0.05 * k for k in range(int((f["span_s"][1] - start) / 0.05) + 1)]
@@ -219,6 +226,4 @@ def plot_service(found: Mapping[str, Any], service_s: float, capacity: int, path
     bottom.set_ylabel("share of requests")
     bottom.set_title("Requests paced at half the capacity (none waits for a slot)")
     bottom.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
