@@ -134,6 +134,10 @@ def deadline_of(timeout: httpx.Timeout) -> float | None:
     return max(phases, default=None)
 
 
+def _keep_no_cookies(response: httpx.Response) -> None:
+    """The adapters' clients keep no cookies."""
+
+
 class HttpClient:
     """One backend's connection pool and key; ``post`` returns a 2xx answer or raises."""
 
@@ -157,9 +161,12 @@ class HttpClient:
         limits = httpx.Limits(
             max_connections=max_connections, max_keepalive_connections=max_connections
         )
-        self._client = client or httpx.AsyncClient(
-            timeout=timeout, transport=AiohttpTransport(limits=limits)
-        )
+        if client is None:
+            client = httpx.AsyncClient(timeout=timeout, transport=AiohttpTransport(limits=limits))
+            # A TTS API is stateless: no cookie of one call rides on the next, and reading
+            # Set-Cookie through http.cookiejar was a sixth of the client's CPU per call.
+            setattr(client.cookies, "extract_cookies", _keep_no_cookies)  # noqa: B010
+        self._client = client
 
     def __repr__(self) -> str:  # never the key
         return f"HttpClient(deadline_s={self.deadline_s}, auth={bool(self._auth)})"
