@@ -74,7 +74,7 @@ fields = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(fields)
 def test_it_never_passes_what_jsonschema_refuses(doc: dict[str, Any]) -> None:
     assert CHECK is not None
