@@ -142,9 +142,11 @@ def single_backend(
     retry_timeout_s: float = 60.0,
     max_records: int = 0,
     reference_buckets: frozenset[str] = frozenset(),
+    quality: bool = True,
 ) -> BackendsConfig:
     """The one backend ``VOXLINE_BACKEND`` names, when there is no config file (``adaptive``
-    None: the kind's default, :func:`adaptive_by_default`)."""
+    None: the kind's default, :func:`adaptive_by_default`; ``quality``: the quality gate with
+    its default bounds, ``VOXLINE_QUALITY``)."""
     if kind not in KINDS:
         raise ConfigError(f"VOXLINE_BACKEND: unknown backend {kind!r} (known: {', '.join(KINDS)})")
     if kind != "espeak" and not url:
@@ -167,6 +169,7 @@ def single_backend(
         backends={kind: cfg},
         references=ReferenceConfig(allowed_buckets=reference_buckets),
         max_records=max_records,
+        quality=Thresholds(enabled=quality),
     )
 
 

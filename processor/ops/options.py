@@ -282,6 +282,15 @@ RUN: tuple[Setting, ...] = (
         "(at least 32).",
         type=click.IntRange(0),
     ),
+    _setting(
+        BackendsConfig,
+        "--quality/--no-quality",
+        "VOXLINE_QUALITY",
+        "Check every chunk's audio (duration, silence, clipping, loops, ...) and synthesize "
+        "a bad one again (README: Quality gate and mastering); with --config, its [quality].",
+        field="quality",
+        default=True,
+    ),
     _top("--park-after", "VOXLINE_PARK_AFTER", PARK_HELP, field="park_after_s", type=_SECONDS),
     _top("--max-parks", "VOXLINE_MAX_PARKS", "Parks before retries_exhausted.", type=_COUNT),
     _top(

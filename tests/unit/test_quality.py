@@ -134,3 +134,18 @@ def test_the_gate_is_on_by_default_and_the_table_tunes_or_disables_it() -> None:
         parse({**base, "quality": {"max_silense": 1}}, {})
     with pytest.raises(ConfigError, match=r"pace.en must be \[low, high\]"):
         parse({**base, "quality": {"pace": {"en": [0.2, 0.1]}}}, {})
+
+
+def test_voxline_quality_false_turns_the_gate_off_without_a_config_file(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from processor.ops.options import settings_from_options
+    from processor.ops.run import run
+
+    monkeypatch.delenv("VOXLINE_CONFIG", raising=False)
+    monkeypatch.delenv("VOXLINE_QUALITY", raising=False)
+    with run.make_context("run", []) as ctx:
+        assert settings_from_options(ctx.params).backends.quality.enabled
+    monkeypatch.setenv("VOXLINE_QUALITY", "false")
+    with run.make_context("run", []) as ctx:
+        assert not settings_from_options(ctx.params).backends.quality.enabled
