@@ -1,10 +1,7 @@
 """Every setting's flag and environment variable, declared once, and the one function that turns
-the parsed values into ``Settings``.
-
-A flag's default is the default of the settings field it fills (read with
-``dataclasses.fields``), so the command line and code that builds ``Settings`` agree. A command
-takes the groups it needs (``KAFKA``, ``STORE``, ``RUN``); a setting it does not take keeps the
-field's default.
+the parsed values into ``Settings``. A flag's default is the default of the settings field it
+fills, so the command line and code that builds ``Settings`` agree. A command takes the groups
+it needs (``KAFKA``, ``STORE``, ``RUN``); a setting it does not take keeps the field's default.
 """
 
 from __future__ import annotations
@@ -114,6 +111,7 @@ _store = functools.partial(_setting, StoreSettings)
 _top = functools.partial(_setting, Settings)
 _backend = functools.partial(_setting, BackendConfig)
 _cache = functools.partial(_setting, CacheSettings)
+_backends = functools.partial(_setting, BackendsConfig)
 
 
 def _buckets(text: str) -> frozenset[str]:
@@ -274,16 +272,14 @@ RUN: tuple[Setting, ...] = (
         default=None,
         show_default=False,
     ),
-    _setting(
-        BackendsConfig,
+    _backends(
         "--max-records",
         "VOXLINE_MAX_RECORDS",
         "Records the consumer holds at once; 0 means 2x the sum of the backends' windows "
         "(at least 32).",
         type=click.IntRange(0),
     ),
-    _setting(
-        BackendsConfig,
+    _backends(
         "--quality/--no-quality",
         "VOXLINE_QUALITY",
         "Check every chunk's audio (duration, silence, clipping, loops, ...) and synthesize "
