@@ -62,8 +62,7 @@ def build_gate(
                 initial_limit=conf.initial_in_flight,
                 min_limit=conf.min_in_flight,
                 max_limit=conf.max_in_flight,
-            ),
-            wall_offset=time.time() - time.monotonic(),  # probes on the wall clock's ticks
+            )
         )
         if conf.adaptive
         else StaticLimit(conf.max_in_flight)

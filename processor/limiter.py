@@ -5,11 +5,8 @@ GPU memory, fail every call in flight and restart (../shared/BACKENDS.md). The g
 :class:`Sample` per finished call and reads :attr:`AdaptiveLimit.limit`.
 
 * **Latency** per unit of work (characters); **baseline**: the median no-load latency of
-  ``probe_samples`` calls at start, then at each **probe**: the window drops to ``probe_ratio``
-  of itself for a round of calls (at least 3, at most ``probe_samples``). Probes fall on the
-  *wall clock's* multiples of ``probe_interval_s`` (doubled until 20 no-load calls fit), so
-  every processor calling the same server probes at once, the server empties, and none takes
-  the others' load for its baseline (BBR's ProbeRTT, synchronised by the clock).
+  ``probe_samples`` calls, at start and every ``probe_interval_s`` (a **probe**: the window drops
+  to ``probe_ratio`` of itself; at once if queueing persists at ``min_limit``).
 * **Gradient** (Netflix Gradient2): ``clamp(tolerance * (1 + margin) * baseline / short, 0.5,
   1)``, ``short`` an EMA over a window's worth of calls, ``margin`` ``noise_margin`` standard
   errors of it. Target ``limit * gradient + queue_allowance * sqrt(limit)``, approached
@@ -62,10 +59,6 @@ _APP_LIMITED_SHARE = 0.5
 _SLOW_CALL = 3.0
 #: Near the hurt level the window grows at least this share of its usual pace.
 _NEAR_PACE = 0.1
-#: Probes are at least this many no-load calls' time apart (slow calls double the interval).
-_PROBE_CALLS = 20.0
-#: Fewest calls whose median makes a probe's baseline.
-_PROBE_MIN = 3
 #: Longest wait between probes above the hurt level, in ``memory_s``.
 _MAX_HOLDS = 16.0
 
@@ -77,13 +70,8 @@ def _weight(window: int) -> float:
 class AdaptiveLimit:
     """Gradient window, AIMD on failures, memory of where it hurt: see the module docstring."""
 
-    def __init__(self, config: LimiterConfig | None = None, wall_offset: float = 0.0) -> None:
-        """``wall_offset``: wall-clock seconds at monotonic 0 (``time.time() -
-        time.monotonic()``), for the probes' ticks; 0 in tests, where ``now`` is the wall."""
+    def __init__(self, config: LimiterConfig | None = None) -> None:
         cfg = self._config = config or LimiterConfig()
-        self._wall_offset = wall_offset  # wall-clock seconds at monotonic 0
-        self._work, self._oks = 0.0, 0  # EMA of an ok call's work
-        self._slow = _weight(cfg.long_window)
         self._estimate = float(cfg.initial_limit)
         self._short: float | None = None
         self._long: float | None = None
@@ -178,8 +166,6 @@ class AdaptiveLimit:
     def _on_ok(self, sample: Sample) -> None:
         self._restarting = False
         self._ok_peak = max(self._ok_peak, sample.in_flight)
-        self._oks += 1  # a running mean at first, then an EMA
-        self._work += max(1.0 / self._oks, self._slow) * (sample.work - self._work)
         norm = sample.latency_s / max(sample.work, self._config.min_work)
         short, long, baseline = self._short, self._long, self._baseline
         if short is None or long is None or baseline is None:
@@ -232,15 +218,10 @@ class AdaptiveLimit:
         self._probe_started, self._probe_norms = None, []
 
     def _probe_due(self, now: float) -> bool:
-        # At each multiple of the interval on the wall clock: every instance calling the same
-        # server probes at once, so the server is idle and each measures the no-load latency.
-        interval, offset = self._config.probe_interval_s, self._wall_offset
-        if not math.isfinite(interval):
-            return False
-        call_s = (self._baseline or 0.0) * max(self._work, self._config.min_work)
-        while interval < _PROBE_CALLS * call_s:  # doubled: the ticks still coincide
-            interval *= 2.0
-        return (now + offset) // interval > (self._baseline_at + offset) // interval
+        if now - self._baseline_at >= self._config.probe_interval_s:
+            return True
+        # Queueing at the smallest window: the baseline is stale, and probing there is free.
+        return self._window() == self._config.min_limit and self._gradient() < _QUEUEING
 
     def _track(self, norm: float, short: float, long: float, baseline: float) -> None:
         slow = _weight(self._config.long_window)
@@ -294,6 +275,5 @@ class AdaptiveLimit:
         if sample.started < probe_started or sample.in_flight > probe_limit:
             return  # launched under the full window: not a no-load measurement
         self._probe_norms.append(norm)
-        # About one service time: a round of the probe's window (at least a few calls).
-        if len(self._probe_norms) >= max(_PROBE_MIN, min(self._config.probe_samples, probe_limit)):
+        if len(self._probe_norms) >= self._config.probe_samples:
             self._set_baseline(sample.now)

@@ -59,9 +59,8 @@ class LimiterConfig:
     long_window: int = 100
     #: Queueing only past ``noise_margin`` standard errors of the short EMA.
     noise_margin: float = 2.0
-    #: Seconds between baseline re-measurements, on the wall clock's multiples of it (doubled
-    #: while 20 no-load calls take longer); ``math.inf`` disables probing.
-    probe_interval_s: float = 10.0
+    #: Seconds between baseline re-measurements; ``math.inf`` disables probing.
+    probe_interval_s: float = 300.0
     #: Window during a probe, as a share of the limit; calls whose median makes a baseline.
     probe_ratio: float = 0.5
     probe_samples: int = 8

@@ -219,12 +219,10 @@ def test_server_twice_as_fast_lowers_the_baseline() -> None:
     trace = run_rounds(limiter, server_at, 150)
     # The long average follows at once, down to the loaded latency (the window may brush
     # the knee meanwhile); the next probe measures the new no-load latency.
-    # the next probe (a wall-clock tick, at least 40 calls' time apart) measures the new
-    # no-load latency, and the window settles within a round of it.
     probe = next(i for i, r in enumerate(trace) if i > 50 and r.probing)
     assert probe - 50 <= 40
     assert limiter.baseline == pytest.approx(0.0025, rel=0.1)
-    assert all(in_band(limit, 12) for limit in steady(trace[probe + 2 :]))
+    assert all(in_band(limit, 12) for limit in steady(trace[probe:]))
     assert sum(r.failures for r in trace[probe:]) == 0
 
 
@@ -280,10 +278,9 @@ def test_starting_past_the_knee_is_cut_back_by_failures_then_by_a_probe() -> Non
     below_knee = next(i for i, r in enumerate(trace) if r.limit <= 15 and not r.probing)
     assert below_knee <= 10
     # The first baseline was measured overloaded, so the gradient cannot see the knee; the
-    # first probe (at a wall-clock tick at least 40 calls' time after it: calls take 5-10 s
-    # here) measures it afresh and the window settles within two more rounds.
+    # first probe measures it afresh and the window settles within two more rounds.
     probe = next(i for i, r in enumerate(trace) if r.probing)
-    assert probe <= 12
+    assert probe <= 10
     assert all(in_band(limit, 12) for limit in steady(trace[probe + 3 :]))
     assert sum(r.failures for r in trace[probe + 3 :]) == 0
 
@@ -321,9 +318,9 @@ def test_normalising_by_work_keeps_variable_texts_from_shaking_the_window(seed: 
     assert sum(r.failures for r in normalised) == 0
     # Fed raw latency, text length looks like noise (or queueing): the window wanders more,
     # now and then past the knee, where failures stop it (and the memory of them steadies it).
-    assert raw_spread > spread
+    assert raw_spread > 1.5 * spread
     assert max(raw_limits) - min(raw_limits) >= 4
-    assert raw_failures >= 2
+    assert raw_failures >= 3
 
 
 def test_constant_seconds_per_character_is_not_queueing_whatever_the_text_length() -> None:

@@ -54,8 +54,6 @@ class Trace:
     failed: int = 0
     crashes: list[float] = dataclasses.field(default_factory=list)
     limits: list[tuple[float, int]] = dataclasses.field(default_factory=list)
-    #: Times of the entries of ``limits`` taken while the window probed its baseline.
-    probing: set[float] = dataclasses.field(default_factory=set)
     #: When the crash watch called a crash (the gate trips the breaker then).
     called: list[float] = dataclasses.field(default_factory=list)
     #: Calls started while the server was restarting (refused at once).
@@ -112,8 +110,6 @@ def simulate(window: Limit, shape: Shape, until: float, seed: int = 0) -> Trace:
         else:
             now = wake
         trace.limits.append((now, window.limit))
-        if getattr(window, "probing", False):
-            trace.probing.add(now)
     return trace
 
 
@@ -179,20 +175,12 @@ def halving(t: float) -> int:
     return 6 if 60.0 <= t < 90.0 else 12
 
 
-#: Probes (every 30 s on the wall clock) at 15, 45, 75 s..., between the capacity changes: a
-#: probe ending just as C halves restores a window past the new knee (a second crash).
-BETWEEN = 15.0
-
-
 def in_band(trace: Trace, start: float, end: float, capacity: int) -> float:
-    """Seconds after ``start`` from which the window stays in [0.9 C, knee) until ``end``
-    (but while it probes its baseline, every 30 s)."""
+    """Seconds after ``start`` from which the window stays in [0.9 C, knee) until ``end``."""
     outside = [
         t
         for t, limit in trace.limits
-        if start <= t < end
-        and t not in trace.probing
-        and not (0.9 * capacity <= limit <= 1.5 * capacity)
+        if start <= t < end and not (0.9 * capacity <= limit <= 1.5 * capacity)
     ]
     return max(outside, default=start) - start
 
@@ -200,7 +188,7 @@ def in_band(trace: Trace, start: float, end: float, capacity: int) -> float:
 @pytest.mark.parametrize("mode", SHAPES)
 @pytest.mark.parametrize("seed", range(3))
 def test_capacity_halves_and_comes_back(mode: Mode, seed: int) -> None:
-    trace = simulate(AdaptiveLimit(wall_offset=BETWEEN), Shape(mode, halving), 120.0, seed)
+    trace = simulate(AdaptiveLimit(), Shape(mode, halving), 120.0, seed)
     down, up = in_band(trace, 60.0, 90.0, 6), in_band(trace, 90.0, 120.0, 12)
     print(
         f"{mode} seed={seed}: in band {down:.1f} s after C 12->6, {up:.1f} s after 6->12; "
@@ -234,7 +222,7 @@ def test_a_server_that_crashes_without_warning_is_crashed_rarely_and_ever_more_r
 
 
 def test_a_crash_opens_the_breaker_for_the_restart_and_the_window_starts_low() -> None:
-    limiter = AdaptiveLimit(wall_offset=BETWEEN)
+    limiter = AdaptiveLimit()
     trace = simulate(limiter, Shape("crash", halving), 75.0)
     (crash,) = trace.crashes
     (called,) = trace.called

@@ -14,8 +14,8 @@ from tests.unit.test_limiter import Server, ok, run_rounds
 
 
 def test_unused_window_does_not_grow() -> None:
-    config = LimiterConfig(initial_limit=10, probe_interval_s=math.inf)
-    limiter, used = AdaptiveLimit(config), AdaptiveLimit(config)
+    limiter = AdaptiveLimit(LimiterConfig(initial_limit=10))
+    used = AdaptiveLimit(LimiterConfig(initial_limit=10))
     for t in range(500):
         limiter.update(ok(0.5, in_flight=4, now=float(t)))
         used.update(ok(0.5, in_flight=10, now=float(t)))
