@@ -12,7 +12,7 @@ import contextlib
 import dataclasses
 import signal
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 import structlog
 
@@ -221,7 +221,7 @@ class App:
                 open_cache(s, self.metrics) as cache,
             ):
                 routes = build_routes(s, self.metrics, {**built, **self._given}, self.health)
-                yield Pipeline(
+                pipeline = Pipeline(
                     s,
                     routes,
                     conf.default,
@@ -232,14 +232,21 @@ class App:
                     cache=cache,
                     lexicons=lexicons,
                 )
+                try:
+                    yield pipeline
+                finally:  # the quality gate's transcription client, if any
+                    await self._close(pipeline.synth.quality.aclose)
         finally:
             # Everything was drained and acknowledged before this point; a broker or backend
             # that is down must not keep a stopping processor from exiting.
             for close in (sink.stop, *(b.aclose for b in built.values())):
-                try:
-                    await asyncio.wait_for(close(), self._close_budget())
-                except Exception as exc:
-                    log.warning("closing failed", what=repr(close), error=repr(exc))
+                await self._close(close)
+
+    async def _close(self, close: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await asyncio.wait_for(close(), self._close_budget())
+        except Exception as exc:
+            log.warning("closing failed", what=repr(close), error=repr(exc))
 
     def _close_budget(self) -> float:
         """Seconds a client may take to close: what is left of the drain timeout once a stop

@@ -62,9 +62,18 @@ def intact(data: bytes, metadata: dict[str, str]) -> bool:
 
 class ChunkCache:
     def __init__(
-        self, store: CacheStore, settings: CacheSettings, metrics: Metrics, *, slots: int = 16
+        self,
+        store: CacheStore,
+        settings: CacheSettings,
+        metrics: Metrics,
+        *,
+        slots: int = 16,
+        gate: str = "unchecked",
     ) -> None:
         self.store = store
+        #: What the quality gate said of the chunks this cache writes: "passed" when it is on
+        #: (a chunk is written only once the gate passed it), "unchecked" when it is off.
+        self.gate = gate
         self.settings = settings
         self.metrics = metrics
         self._flights: dict[str, asyncio.Future[Audio]] = {}
@@ -217,9 +226,7 @@ class ChunkCache:
         metadata = {
             "sha256": hashlib.sha256(data).hexdigest(),
             "bytes": str(len(data)),
-            # No quality gate checks chunks yet; one that does must not take "unchecked" for
-            # "passed" (a hit counts for the gate only if it passed when written).
-            "gate": "unchecked",
+            "gate": self.gate,
         }
         async with self._slots:
             if self._skipping():
@@ -252,7 +259,9 @@ async def open_cache(settings: Settings, metrics: Metrics) -> AsyncIterator[Chun
         max_connections=max(16, settings.backends.record_window),
     )
     async with store:
-        cache = ChunkCache(store, conf, metrics, slots=max(16, settings.backends.record_window))
+        gate = "passed" if settings.backends.quality.enabled else "unchecked"
+        slots = max(16, settings.backends.record_window)
+        cache = ChunkCache(store, conf, metrics, slots=slots, gate=gate)
         try:
             yield cache
         finally:

@@ -403,3 +403,12 @@ async def test_a_failed_sibling_does_not_cancel_the_writes_of_chunks_made() -> N
     assert again["status"] == "succeeded"
     assert again["usage"]["backend_calls"] == 1
     assert again["usage"]["cache_hits"] == 2
+
+
+@pytest.mark.parametrize("gate", ["passed", "unchecked"])
+async def test_written_chunks_say_what_the_quality_gate_said(gate: str) -> None:
+    """The gate passes a chunk before the cache writes it; with the gate off it is unchecked."""
+    store = MemoryCacheStore()
+    cache = ChunkCache(store, CacheSettings(), Metrics(), gate=gate)
+    await cache.write("k", tone(300))
+    assert store.objects["k"][1]["gate"] == gate
