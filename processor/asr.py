@@ -27,7 +27,6 @@ from collections.abc import Mapping
 
 import httpx
 import structlog
-from rapidfuzz.distance import Levenshtein
 
 from processor.backends._http import HttpClient
 from processor.backends.base import transient
@@ -146,6 +145,9 @@ def error_rate(expected: str, heard: str, language: str) -> float:
     length of ``expected``, after :func:`normalise`: by characters (spaces ignored) or by words,
     as :func:`by_characters` says. 0 when both are empty, 1 per unit heard when nothing was
     expected."""
+    # Imported here: a processor without a transcription endpoint never loads it (~3 MiB).
+    from rapidfuzz.distance import Levenshtein
+
     want, got = normalise(expected), normalise(heard)
     if by_characters(language, expected):
         a, b = list(want.replace(" ", "")), list(got.replace(" ", ""))
