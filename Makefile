@@ -35,7 +35,7 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-# The benchmark table and plots in bench/results/ (about 18 minutes on 2 cores; README "Performance").
+# The benchmark table and plots in bench/results/ (about 16 minutes on 2 cores; README "Performance").
 bench: setup
 	$(BIN)/python -m bench.run
 
