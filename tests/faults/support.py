@@ -863,6 +863,42 @@ def seconds(value: float | None) -> float | None:
     return None if value is None else round(value, 2)
 
 
+async def under_way(run: Drill, n: int, *, outcomes: int = 100) -> set[str]:
+    """Send ``n`` requests, start the fleet and wait for the first ``outcomes``: the state in
+    which an outage scenario begins its fault."""
+    ids = await send(run, n)
+    await run.fleet.start()
+    await run.completions.wait_count(outcomes, timeout=120)
+    return ids
+
+
+async def check_after_outage(
+    run: Drill,
+    ids: set[str],
+    capsys: pytest.CaptureFixture[str],
+    outage: tuple[float, float],
+    *,
+    timeout: float = 240,
+    **extra: Any,
+) -> Report:
+    """Account for every request after an outage (``began``, ``ended``: wall clock), record
+    its figures (how long, recovery, drain) and check the delivery promise; nothing may have
+    been dead-lettered for it."""
+    began, ended = outage
+    report = await run.account(ids, timeout=timeout)
+    report_and_check(
+        run,
+        report,
+        capsys,
+        outage_s=round(ended - began, 1),
+        **extra,
+        recovery_s=seconds(run.completions.resumed_after(ended)),
+        drain_s=seconds(run.completions.drained_after(ended, ids)),
+    )
+    assert report.failed == report.dead_letter_records == 0
+    return report
+
+
 def reached(run: Drill, count: int) -> Callable[[], bool]:
     """Whether ``count`` requests have an outcome."""
     return lambda: len(run.completions.first) >= count

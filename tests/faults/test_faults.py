@@ -23,6 +23,7 @@ from processor.ops.reconcile import reconcile
 from tests.faults import support
 from tests.faults.kills import Crash
 from tests.faults.support import (
+    check_after_outage,
     drill,
     infra,
     logged,
@@ -31,6 +32,7 @@ from tests.faults.support import (
     report_and_check,
     seconds,
     send,
+    under_way,
     valid_requests,
 )
 from tests.integration.services import Services
@@ -145,26 +147,14 @@ async def test_backend_down_for_30_s_dead_letters_nothing(
 ) -> None:
     n = 400
     async with drill(services, tmp_path, "backend-down") as run:
-        ids = await send(run, n)
-        await run.fleet.start()
-        await run.completions.wait_count(100, timeout=120)
+        ids = await under_way(run, n)
         await run.fake.control(down=True)
         began = time.time()
         await asyncio.sleep(OUTAGE_S)  # the fault window
         dropped = (await run.fake.control(down=False))["statuses"].get("0", 0)
         ended = time.time()
-        report = await run.account(ids)
-        report_and_check(
-            run,
-            report,
-            capsys,
-            outage_s=round(ended - began, 1),
-            calls_dropped=dropped,
-            recovery_s=seconds(run.completions.resumed_after(ended)),
-            drain_s=seconds(run.completions.drained_after(ended, ids)),
-        )
         assert dropped > 0, "the outage never reached the processor"
-        assert report.failed == report.dead_letter_records == 0
+        await check_after_outage(run, ids, capsys, (began, ended), calls_dropped=dropped)
 
 
 # -- (d) store down ----------------------------------------------------------------------------
@@ -176,9 +166,7 @@ async def test_store_down_for_30_s_dead_letters_nothing(
     n = 400
     await infra(services, "s3.sh", "status")
     async with drill(services, tmp_path, "store-down") as run:
-        ids = await send(run, n)
-        await run.fleet.start()
-        await run.completions.wait_count(100, timeout=120)
+        ids = await under_way(run, n)
         try:
             await infra(services, "s3.sh", "stop")
             began = time.time()
@@ -186,16 +174,7 @@ async def test_store_down_for_30_s_dead_letters_nothing(
         finally:
             await infra(services, "s3.sh", "start")
         ended = time.time()
-        report = await run.account(ids)
-        report_and_check(
-            run,
-            report,
-            capsys,
-            outage_s=round(ended - began, 1),
-            recovery_s=seconds(run.completions.resumed_after(ended)),
-            drain_s=seconds(run.completions.drained_after(ended, ids)),
-        )
-        assert report.failed == report.dead_letter_records == 0
+        await check_after_outage(run, ids, capsys, (began, ended))
 
 
 # -- (e) broker restart ------------------------------------------------------------------------
@@ -207,9 +186,7 @@ async def test_broker_restart_mid_run_loses_nothing(
     n = 400
     await infra(services, "kafka.sh", "status")
     async with drill(services, tmp_path, "broker-restart") as run:
-        ids = await send(run, n)
-        await run.fleet.start()
-        await run.completions.wait_count(100, timeout=120)
+        ids = await under_way(run, n)
         await run.completions.close()  # our own reader, not the processor's
         try:
             await infra(services, "kafka.sh", "stop")
@@ -218,15 +195,7 @@ async def test_broker_restart_mid_run_loses_nothing(
             await infra(services, "kafka.sh", "start")
         ended = time.time()
         await run.completions.open()
-        report = await run.account(ids, timeout=180)
-        report_and_check(
-            run,
-            report,
-            capsys,
-            outage_s=round(ended - began, 1),
-            recovery_s=seconds(run.completions.resumed_after(ended)),
-            drain_s=seconds(run.completions.drained_after(ended, ids)),
-        )
+        await check_after_outage(run, ids, capsys, (began, ended), timeout=180)
 
 
 # -- (e2) SIGTERM while the broker is down ----------------------------------------------------
