@@ -21,6 +21,7 @@ Checks (each a measured value and a bound in ``Thresholds``):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import struct
 from collections.abc import Mapping
@@ -254,12 +255,23 @@ def _silence(samples: Samples, rate: int, t: Thresholds, mean: float) -> dict[st
 def _features(samples: Samples, rate: int) -> npt.NDArray[np.float64]:
     """Log energy in eight bands per 20 ms frame, each band's mean removed."""
     frames = _frames(samples, rate)
-    spectrum = np.fft.rfft(frames * np.hanning(frames.shape[1]), axis=1)
+    window, edges = _bands(frames.shape[1])
+    spectrum = np.fft.rfft(frames * window, axis=1)
     power = spectrum.real**2 + spectrum.imag**2
-    edges = np.unique(np.geomspace(1, power.shape[1], 9).astype(int))
     bands = np.add.reduceat(power[:, : edges[-1]], edges[:-1], axis=1)
     logs = np.log10(bands + 1e-10)
     return np.asarray(logs - logs.mean(axis=0), dtype=np.float64)
+
+
+@functools.cache
+def _bands(size: int) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int_]]:
+    """The Hann window of a frame of ``size`` samples and the edges of its eight log-spaced
+    bands (one per frame size: a sample rate)."""
+    edges = np.unique(np.geomspace(1, size // 2 + 1, 9).astype(int))
+    window = np.hanning(size)
+    for shared in (window, edges):
+        shared.setflags(write=False)  # cached: shared by every call
+    return window, edges
 
 
 def _repetition(samples: Samples, rate: int, min_lag_s: float) -> float:
