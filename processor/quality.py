@@ -47,6 +47,8 @@ _FRAME_S = 0.02
 #: Mean squared band log-energy (bels) below which audio is steady: speech is near 1.
 _STEADY = 0.1
 _PAUSES = re.compile(r"[.!?;:。！？；：…]+")
+_KANA = re.compile("[\u3040-\u30ff]")
+_HAN = re.compile("[\u4e00-\u9fff]")
 _WORDY = frozenset("$%&@+=#€£¥")
 _FLOAT_FORMAT = 3
 _EXTENSIBLE = 0xFFFE
@@ -133,6 +135,7 @@ def _float_wav(wav: bytes) -> tuple[Samples, int] | None:
     return None
 
 
+@functools.lru_cache(maxsize=1024)  # a chunk's text is counted by measure and by failures
 def spoken_length(text: str) -> int:
     """Characters as a voice takes time over them: a digit or a symbol such as ``$`` or
     ``%`` is read as a word (counted as three), whitespace and punctuation take none."""
@@ -147,10 +150,9 @@ def spoken_length(text: str) -> int:
 
 def script_language(text: str) -> str:
     """``ja`` for text with kana, ``zh`` for text mostly of CJK ideographs, else ``*``."""
-    kana = sum(1 for c in text if "\u3040" <= c <= "\u30ff")
-    if kana:
+    if _KANA.search(text):
         return "ja"
-    han = sum(1 for c in text if "\u4e00" <= c <= "\u9fff")
+    han = len(_HAN.findall(text))
     return "zh" if han * 2 > spoken_length(text) else "*"
 
 
@@ -257,10 +259,13 @@ def _features(samples: Samples, rate: int) -> npt.NDArray[np.float64]:
     frames = _frames(samples, rate)
     window, edges = _bands(frames.shape[1])
     spectrum = np.fft.rfft(frames * window, axis=1)
-    power = spectrum.real**2 + spectrum.imag**2
-    bands = np.add.reduceat(power[:, : edges[-1]], edges[:-1], axis=1)
-    logs = np.log10(bands + 1e-10)
-    return np.asarray(logs - logs.mean(axis=0), dtype=np.float64)
+    power = spectrum.real**2  # then in place: the same operations, fewer arrays
+    power += spectrum.imag**2
+    bands: npt.NDArray[np.float64] = np.add.reduceat(power[:, : edges[-1]], edges[:-1], axis=1)
+    bands += 1e-10
+    np.log10(bands, out=bands)
+    bands -= bands.mean(axis=0)
+    return bands
 
 
 @functools.cache
