@@ -216,10 +216,6 @@ def store_error(exc: Exception, uri: str) -> VoxlineError:
     )
 
 
-#: What an S3 read raises (botocore imported only once a client was opened).
-_S3_ERRORS = s3.read_errors
-
-
 class S3ReferenceLoader(s3.Connection):
     """Loads, checks and caches reference audio from S3 (see the module docstring).
 
@@ -300,7 +296,7 @@ class S3ReferenceLoader(s3.Connection):
         self._count(heads=1)
         try:
             head = await client.head_object(Bucket=ref.bucket, Key=ref.key)
-        except _S3_ERRORS() as exc:
+        except s3.read_errors() as exc:
             raise store_error(exc, uri) from exc
         cached = self._cache.get(uri, head.get("ETag", ""))
         if cached is not None:
@@ -324,6 +320,6 @@ class S3ReferenceLoader(s3.Connection):
             async with body:
                 check_size(uri, resp.get("ContentLength", 0), self.limits)
                 data = await body.read()
-        except _S3_ERRORS() as exc:
+        except s3.read_errors() as exc:
             raise store_error(exc, uri) from exc
         return resp.get("ETag", ""), data
