@@ -100,6 +100,9 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 connector=connector,
                 skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept"),
                 auto_decompress=False,  # httpx decodes Content-Encoding itself
+                # A TTS API is stateless: no cookie of one call rides on the next (httpx's own
+                # jar is off in processor.backends._http).
+                cookie_jar=aiohttp.DummyCookieJar(),
             )
         return self._session
 

@@ -31,7 +31,8 @@ async def server() -> AsyncIterator[tuple[str, list[web.Request]]]:
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     try:
-        yield f"http://127.0.0.1:{port}/", seen
+        # A host name, not an address: aiohttp's default jar ignores cookies from IP addresses.
+        yield f"http://localhost:{port}/", seen
     finally:
         await runner.cleanup()
 
