@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -108,6 +109,13 @@ def build_routes(
     return routes
 
 
+def share_windows(routes: Mapping[str, Route], share: float) -> None:
+    """The group rebalanced: each backend's adaptive window scales to this member's share
+    (``AdaptiveLimit.set_share``), so the members of a group split a backend's capacity."""
+    for route in routes.values():
+        route.gate.set_share(share)
+
+
 def admission(conf: BackendsConfig) -> Admission:
     """Each backend's share of the record window (isolation: one backend's trouble holds
     only its own share)."""
@@ -184,6 +192,7 @@ class App:
                 health=self.health,
                 admission=admission(conf),
             )
+            self.runner.on_share = functools.partial(share_windows, pipeline.routes)
             if self._stop.is_set():
                 self.runner.stop()
             log.info(

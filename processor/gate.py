@@ -149,6 +149,11 @@ class Gate:
     def limit(self) -> int:
         return self.window.limit
 
+    def set_share(self, share: float) -> None:
+        """This instance's share of its consumer group's records changed (a rebalance)."""
+        self.window.set_share(share, self._clock())
+        self._on_change(self)
+
     @property
     def is_open(self) -> bool:
         """True while the breaker keeps new calls away (open, or probing)."""

@@ -22,6 +22,14 @@ GPU memory, fail every call in flight and restart (../shared/BACKENDS.md). The g
   call each ``memory_s`` without a hurt, a wait that doubles each time such a probe hurts.
 * **Crash** (outcome ``crash``: the gate saw the calls in flight fail together): the window
   drops to ``crash_ratio`` of the hurt level; failures count again once a call succeeds.
+* **Share of a group** (:meth:`AdaptiveLimit.set_share`): instances in one consumer group split
+  the records, so each calls the backend in proportion to its partitions. A rebalance rescales
+  the window and the hurt level by the new share over the old: a member that learned the
+  server alone makes room at once when others join (else their slow start meets its full
+  window past the knee), and one whose hurt level was learned at a small share does not keep it
+  when the group shrinks. Each member then probes its baseline, all at once: a joiner that
+  measured its no-load latency under the others' full load would take a higher baseline and,
+  delay-based, keep a larger window than they do.
 """
 
 from __future__ import annotations
@@ -90,6 +98,7 @@ class AdaptiveLimit:
         self._latency_tells = False  # whether latency at the cap can prove more room
         self._ok_peak = 0  # most calls in flight when a call that succeeded started, lately
         self._evidence = 0
+        self._share = 1.0
 
     @property
     def limit(self) -> int:
@@ -110,6 +119,31 @@ class AdaptiveLimit:
     def hurt_level(self) -> float | None:
         """Calls in flight at which the server last hurt; the window stays below it."""
         return self._hurt
+
+    @property
+    def share(self) -> float:
+        """This instance's share of its group's work, as last set (1.0: alone)."""
+        return self._share
+
+    def set_share(self, share: float, now: float) -> int:
+        """The group rebalanced at ``now``: this instance gets ``share`` (0, 1] of the records.
+        Scale the window and the hurt level by the change; return the new limit. A smaller
+        share counts as a cut: calls launched before it cannot cut again."""
+        if not 0.0 < share <= 1.0:
+            raise ValueError(f"share must be in (0, 1], got {share!r}")
+        ratio, self._share = share / self._share, share
+        if ratio < 1.0:
+            self._last_cut_at = now
+        if self._hurt is not None:
+            self._hurt = max(self._config.min_limit + 1.0, self._hurt * ratio)
+        if self._hurt_before is not None:
+            self._hurt_before = max(self._config.min_limit + 1.0, self._hurt_before * ratio)
+        self._ok_peak = math.floor(self._ok_peak * min(1.0, ratio))
+        lowest = float(self._config.min_limit)
+        self._estimate = max(lowest, min(self._cap(), self._estimate * ratio))
+        if self._baseline is not None and ratio != 1.0:  # measure again, with the others
+            self._probe_started, self._probe_norms = now, []
+        return self.limit
 
     def update(self, sample: Sample) -> int:
         """Account for a finished call; return the new limit."""

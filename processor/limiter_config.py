@@ -127,6 +127,10 @@ class Limit(Protocol):
         """Account for a finished call; return the new limit."""
         ...
 
+    def set_share(self, share: float, now: float) -> int:
+        """From ``now`` this instance gets ``share`` (0, 1] of its consumer group's records."""
+        ...
+
 
 class StaticLimit:
     """A fixed window (``VOXLINE_MAX_IN_FLIGHT``), on the same code path as the adaptive one."""
@@ -145,4 +149,8 @@ class StaticLimit:
 
     def update(self, sample: Sample) -> int:
         """Ignore the sample: the window never changes."""
+        return self._limit
+
+    def set_share(self, share: float, now: float) -> int:
+        """Ignore the group: a fixed window is per instance, as configured."""
         return self._limit

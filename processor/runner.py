@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TypeVar
 
 import structlog
@@ -94,6 +94,8 @@ class Runner:
         #: One commit at a time, its points computed under the lock: they land in order.
         self._commit_lock = asyncio.Lock()
         self._committer: asyncio.Task[bool] | None = None
+        #: Told this member's share of the group's partitions after each assignment.
+        self.on_share: Callable[[float], None] = lambda share: None
 
     def stop(self) -> None:
         """Ask the loop to stop fetching, drain and exit (signal-handler safe)."""
@@ -371,7 +373,9 @@ class Runner:
         await self._commit(clean=True)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        log.info("partitions assigned", partitions=sorted(str(tp) for tp in assigned))
+        share = self.consumer.group_share()
+        log.info("partitions assigned", partitions=sorted(map(str, assigned)), group_share=share)
+        self.on_share(share)
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         await self.release(revoked)

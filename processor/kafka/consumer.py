@@ -88,6 +88,10 @@ class Consumer(Protocol):
 
     def assignment(self) -> set[TopicPartition]: ...
 
+    def group_share(self) -> float:
+        """Assigned partitions over all partitions of the subscribed topics (1.0 unknown)."""
+        ...
+
     def paused(self) -> set[TopicPartition]: ...
 
     def pause(self, *partitions: TopicPartition) -> None: ...
@@ -167,6 +171,12 @@ class KafkaConsumer:
 
     def assignment(self) -> set[TopicPartition]:
         return set(self.client.assignment())
+
+    def group_share(self) -> float:
+        mine = len(self.client.assignment())
+        topics = self.client.subscription()
+        every = sum(len(self.client.partitions_for_topic(t) or ()) for t in topics)
+        return min(1.0, mine / every) if mine and every else 1.0
 
     def paused(self) -> set[TopicPartition]:
         return set(self.client.paused())

@@ -133,6 +133,9 @@ class MemoryConsumer:
     def assignment(self) -> set[TopicPartition]:
         return set(self._assigned)
 
+    def group_share(self) -> float:
+        return len(self._assigned) / len(self.log.records) if self._assigned else 1.0
+
     def paused(self) -> set[TopicPartition]:
         return set(self._paused)
 

@@ -208,3 +208,11 @@ async def committed(settings: Settings) -> dict[int, int]:
         return out
     finally:
         await consumer.stop()
+
+
+async def until(check: Callable[[], bool], what: str, timeout: float = 60) -> None:
+    """Wait for ``check`` to hold (polled every 50 ms); fail naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
 
 import pytest
 
@@ -14,7 +13,7 @@ from processor.kafka.consumer import Committed, KafkaConsumer, TopicPartition, k
 from processor.offsets import METADATA_LIMIT, CommitMeta, decode_meta, encode_meta
 from processor.runner import Runner
 from processor.settings import Settings
-from tests.integration.harness import produce, with_request_topic
+from tests.integration.harness import produce, until, with_request_topic
 from tests.integration.services import Services
 from tests.pipelines import FakePipeline
 
@@ -40,13 +39,6 @@ async def _joined(settings: Settings) -> tuple[KafkaConsumer, list[int]]:
         got = await consumer.getmany(timeout_ms=200, max_records=1)
         read += [r.offset for records in got.values() for r in records]
     return consumer, read
-
-
-async def _until(check: Callable[[], bool], what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 async def test_metadata_committed_by_one_consumer_is_read_back_by_the_next(
@@ -103,10 +95,8 @@ async def test_after_a_crash_the_next_runner_redoes_only_what_was_in_flight(
     runner = Runner(settings, first, kafka_consumer(settings, 16), window=16)
     task = asyncio.create_task(runner.run())
     try:
-        await _until(lambda: len(first.finished) == 10, "the first runner's work")
-        await _until(
-            lambda: runner.tracker.commit_points([tp]) == {}, "its last commit to land", 30
-        )
+        await until(lambda: len(first.finished) == 10, "the first runner's work")
+        await until(lambda: runner.tracker.commit_points([tp]) == {}, "its last commit to land", 30)
     finally:
         task.cancel()  # as kill -9 would: no drain, no last commit
         with contextlib.suppress(asyncio.CancelledError):
@@ -119,8 +109,8 @@ async def test_after_a_crash_the_next_runner_redoes_only_what_was_in_flight(
     successor = Runner(settings, second, kafka_consumer(settings, 16), window=16)
     task = asyncio.create_task(successor.run())
     try:
-        await _until(lambda: len(second.finished) == 2, "the redone records")
-        await _until(lambda: successor.counts["skipped"] == 7, "the skipped ones")
+        await until(lambda: len(second.finished) == 2, "the redone records")
+        await until(lambda: successor.counts["skipped"] == 7, "the skipped ones")
     finally:
         successor.stop()
         await asyncio.wait_for(task, 30)
