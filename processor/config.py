@@ -36,7 +36,8 @@ from processor.lanes import Lane
 from processor.quality import Thresholds, thresholds_from
 from processor.ratelimit import RateConfig
 
-#: A backend's rate limits (``processor.ratelimit``), each a number; 0 or absent: no limit.
+#: A backend's rate limits (``processor.ratelimit``), each a number; 0 or absent: no limit. They are
+#: the whole consumer group's: each member takes its share of the partitions.
 RATE_KEYS = ("requests_per_s", "requests_burst", "chars_per_min", "chars_burst")
 
 _BACKEND_KEYS = {

@@ -152,6 +152,8 @@ class Gate:
     def set_share(self, share: float) -> None:
         """This instance's share of its consumer group's records changed (a rebalance)."""
         self.window.set_share(share, self._clock())
+        if self.rate is not None:
+            self.rate.set_share(share)
         self._on_change(self)
 
     @property

@@ -6,6 +6,10 @@ paid, so callers are served in the order they asked and a long text waits its tu
 than starving behind short ones. A 429 from the server halves the effective rate (at most once
 per second: one overload, many calls in flight); it climbs back to the configured rate over
 ``recover_s`` without another 429. Pure apart from :meth:`RateLimit.acquire`, which sleeps.
+
+The configured limits are the whole consumer group's: each member takes its share of the
+group's partitions (:meth:`RateLimit.set_share`, after every rebalance) of both rates and
+bursts, so N processors together stay under one quota without being told N.
 """
 
 from __future__ import annotations
@@ -46,13 +50,14 @@ class Bucket:
         self.rate, self.burst = rate, max(1.0, burst)
         self._level, self._at = self.burst, now
 
-    def reserve(self, amount: float, now: float, factor: float = 1.0) -> float:
+    def reserve(self, amount: float, now: float, factor: float = 1.0, share: float = 1.0) -> float:
         """Take ``amount`` tokens (at most one burst's worth: a text longer than the burst
-        waits for a full bucket, not forever); the seconds to wait before the call."""
-        rate = self.rate * factor
-        self._level = min(self.burst, self._level + (now - self._at) * rate)
+        waits for a full bucket, not forever); the seconds to wait before the call. The
+        rate runs at ``factor * share`` of itself, the burst at ``share``."""
+        rate, burst = self.rate * factor * share, max(1.0, self.burst * share)
+        self._level = min(burst, self._level + (now - self._at) * rate)
         self._at = now
-        self._level -= min(amount, self.burst)
+        self._level -= min(amount, burst)
         return 0.0 if self._level >= 0 else -self._level / rate
 
 
@@ -75,6 +80,8 @@ class RateLimit:
             else None
         )
         self._factor, self._factor_at, self._last_cut = 1.0, now, -1e9
+        #: This member's share of its consumer group's partitions (1.0: alone).
+        self.share = 1.0
         #: Seconds callers have waited in all, and 429s seen (metrics read these).
         self.waited_s = 0.0
         self.throttles = 0
@@ -86,9 +93,15 @@ class RateLimit:
         self._factor_at = now
         return self._factor
 
+    def set_share(self, share: float) -> None:
+        """From now on take ``share`` (0, 1] of the configured rates and bursts."""
+        if not 0.0 < share <= 1.0:
+            raise ValueError(f"share must be in (0, 1], got {share!r}")
+        self.share = share
+
     def effective(self) -> tuple[float, float]:
-        """(requests per second, characters per minute) in effect now; 0 where off."""
-        f = self.factor(self._clock())
+        """(requests per second, characters per minute) this member takes now; 0 where off."""
+        f = self.factor(self._clock()) * self.share
         return self.config.requests_per_s * f, self.config.chars_per_min * f
 
     def reserve(self, chars: float) -> float:
@@ -97,9 +110,9 @@ class RateLimit:
         f = self.factor(now)
         wait = 0.0
         if self._requests is not None:
-            wait = max(wait, self._requests.reserve(1, now, f))
+            wait = max(wait, self._requests.reserve(1, now, f, self.share))
         if self._chars is not None:
-            wait = max(wait, self._chars.reserve(chars, now, f))
+            wait = max(wait, self._chars.reserve(chars, now, f, self.share))
         self.waited_s += wait
         return wait
 

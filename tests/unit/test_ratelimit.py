@@ -144,3 +144,25 @@ async def test_above_the_quota_429s_lower_the_effective_rate() -> None:
     assert server.rejected > 0, "configured above the quota: the server said so"
     assert rate.throttles == server.rejected
     assert rate.effective()[0] < 40 * 0.6, "each 429 second halved the rate"
+
+
+@pytest.mark.parametrize("told", [True, False])
+async def test_members_of_a_group_split_one_quota(told: bool) -> None:
+    """The configured rate is the group's: two members told their share (0.5 each, as after
+    a rebalance) stay under the quota together; not told, each takes it all."""
+    server = QuotaServer(per_s=20, burst=10)
+    gates = [
+        Gate("metered", StaticLimit(8), rate=RateLimit(RateConfig(15, requests_burst=10)))
+        for _ in range(2)
+    ]
+    for gate in gates:
+        if told:
+            gate.set_share(0.5)
+    async with serving(server) as url:
+        await asyncio.gather(*(drive(gate, url, seconds=3.0) for gate in gates))
+    if told:
+        assert server.rejected == 0, f"{server.ok} accepted, {server.rejected} rejected"
+        assert server.ok >= 15, "the limits paced the calls; they did not stop them"
+        assert all(gate.rate and gate.rate.effective()[0] == 7.5 for gate in gates)
+    else:
+        assert server.rejected > 0, "30/s together against a quota of 20/s"
