@@ -76,6 +76,11 @@ class Timings:
     total_ms: int
 
 
+def _fields(flat: StoredAudio | Timings) -> dict[str, object]:
+    """A flat dataclass as a dict (``dataclasses.asdict`` deep-copies: 14x slower here)."""
+    return {name: getattr(flat, name) for name in flat.__slots__}
+
+
 def succeeded_body(
     request_id: str,
     audio: StoredAudio,
@@ -90,11 +95,11 @@ def succeeded_body(
     body: dict[str, object] = {
         "request_id": request_id,
         "status": "succeeded",
-        "audio": dataclasses.asdict(audio),
+        "audio": _fields(audio),
         "backend": backend,
         "attempts": attempts,
         "chunks": chunks,
-        "timings": dataclasses.asdict(timings),
+        "timings": _fields(timings),
         "metadata": dict(metadata),
     }
     if usage is not None:
