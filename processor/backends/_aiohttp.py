@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import ssl
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 
 import aiohttp
 import httpx
@@ -60,6 +60,15 @@ def httpx_errors() -> Iterator[None]:
         raise  # pragma: no cover - OSError is the last entry
 
 
+def phases_of(phases: Mapping[str, float | None]) -> aiohttp.ClientTimeout:
+    """httpx's phase timeouts (``Timeout.as_dict()``) as aiohttp's, as the table above says."""
+    return aiohttp.ClientTimeout(
+        sock_connect=phases.get("connect"),
+        sock_read=phases.get("read"),
+        connect=phases.get("pool"),
+    )
+
+
 class _Body(httpx.AsyncByteStream):
     def __init__(self, response: aiohttp.ClientResponse) -> None:
         self._response = response
@@ -88,6 +97,10 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self._ssl = ssl_context or httpx.create_ssl_context()
         self._session: aiohttp.ClientSession | None = None
 
+    def session(self) -> aiohttp.ClientSession:
+        """The aiohttp session itself (``_http``'s direct path for JSON and byte bodies)."""
+        return self._open()
+
     def _open(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(
@@ -107,12 +120,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         return self._session
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        phases = request.extensions.get("timeout", {})
-        timeout = aiohttp.ClientTimeout(
-            sock_connect=phases.get("connect"),
-            sock_read=phases.get("read"),
-            connect=phases.get("pool"),
-        )
+        timeout = phases_of(request.extensions.get("timeout", {}))
         body = await request.aread()
         with httpx_errors():
             response = await self._open().request(
