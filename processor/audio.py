@@ -62,19 +62,24 @@ def pcm_to_wav(pcm: bytes, sample_rate: int, channels: int = 1, sample_width: in
 
     Raises ``ValueError`` for a partial trailing frame (a truncated stream) or a bad format.
     """
+    header = _canonical_header(len(pcm), sample_rate, channels, sample_width)
+    return header + pcm + b"\x00" * (len(pcm) % 2)
+
+
+def _canonical_header(size: int, sample_rate: int, channels: int, sample_width: int) -> bytes:
+    """The 44-byte header :func:`pcm_to_wav` writes for ``size`` bytes of PCM."""
     frame_size = _check_format(sample_rate, channels, sample_width)
-    if len(pcm) % frame_size:
-        raise ValueError(f"PCM length {len(pcm)} is not a whole number of {frame_size}-byte frames")
-    pad = len(pcm) % 2  # RIFF chunks are word-aligned
-    if 36 + len(pcm) + pad > _U32_MAX:
-        raise ValueError(f"PCM of {len(pcm)} bytes does not fit in a WAV file")
-    header = _HEADER.pack(
-        b"RIFF", 36 + len(pcm) + pad, b"WAVE",
+    if size % frame_size:
+        raise ValueError(f"PCM length {size} is not a whole number of {frame_size}-byte frames")
+    pad = size % 2  # RIFF chunks are word-aligned
+    if 36 + size + pad > _U32_MAX:
+        raise ValueError(f"PCM of {size} bytes does not fit in a WAV file")
+    return _HEADER.pack(
+        b"RIFF", 36 + size + pad, b"WAVE",
         b"fmt ", 16, _FORMAT_PCM, channels, sample_rate, sample_rate * frame_size,
         frame_size, sample_width * 8,
-        b"data", len(pcm),
+        b"data", size,
     )  # fmt: skip
-    return header + pcm + b"\x00" * pad
 
 
 def wav_info(data: bytes) -> WavInfo:
@@ -89,13 +94,24 @@ def wav_pcm(data: bytes) -> tuple[WavInfo, bytes]:
     return _info(fmt, size), data[start : start + size]
 
 
+def wav_pcm_view(data: bytes) -> tuple[WavInfo, memoryview]:
+    """As :func:`wav_pcm`, the payload a view into ``data`` (no copy of the audio)."""
+    fmt, start, size = _locate_pcm(data)
+    return _info(fmt, size), memoryview(data)[start : start + size]
+
+
 def fix_streamed_wav(data: bytes) -> bytes:
     """Rewrite a WAV with placeholder sizes (streamed to a pipe) as a canonical one.
 
     Any other valid WAV comes back canonical too; chunks other than fmt and data are dropped.
+    A WAV that is canonical already comes back as it is (the same object: no copy).
     """
-    info, pcm = wav_pcm(data)
-    return pcm_to_wav(pcm, info.sample_rate, info.channels, info.sample_width)
+    fmt, start, size = _locate_pcm(data)
+    header = _canonical_header(size, fmt.sample_rate, fmt.channels, fmt.sample_width)
+    sized = start == len(header) and len(data) == start + size + size % 2
+    if sized and (not size % 2 or data[-1] == 0) and data.startswith(header):
+        return data
+    return header + data[start : start + size] + b"\x00" * (size % 2)
 
 
 def join_wavs(parts: Sequence[bytes], silence_ms: int = 200) -> bytes:

@@ -30,7 +30,7 @@ import numpy as np
 import numpy.typing as npt
 
 from processor.asr import AsrSettings, settings_from
-from processor.audio import wav_pcm
+from processor.audio import wav_pcm_view
 
 Samples = npt.NDArray[np.float64]
 
@@ -44,6 +44,9 @@ DEFAULT_PACE: Mapping[str, tuple[float, float]] = {
 }
 
 _FRAME_S = 0.02
+#: Samples windowed and transformed at once (whole frames): about 256 KiB of float64, so a
+#: chunk's feature temporaries stay that size however long it is (issue 17, memory).
+BLOCK_SAMPLES = 32_768
 #: Mean squared band log-energy (bels) below which audio is steady: speech is near 1.
 _STEADY = 0.1
 _PAUSES = re.compile(r"[.!?;:。！？；：…]+")
@@ -88,7 +91,7 @@ def decode(wav: bytes) -> tuple[Samples, int]:
     floats = _float_wav(wav)
     if floats is not None:
         return floats
-    info, pcm = wav_pcm(wav)
+    info, pcm = wav_pcm_view(wav)  # a view: the PCM is read where it lies, not copied
     width = info.sample_width
     # Scaled in place by a power of two (exact: the same values as a division, one array less).
     if width == 1:
@@ -183,10 +186,12 @@ def measure(
     out["seconds_per_char"] = round(duration * max(speed, 1e-3) / max(chars, 1), 4)
     out["characters"] = float(chars)
     out["pauses"] = float(len(_PAUSES.findall(text)))
-    magnitude = np.abs(clean)
     mean = float(clean.mean()) if n else 0.0
-    out["peak"] = round(float(magnitude.max()) if n else 0.0, 5)
-    out["clipping_ratio"] = round(int(np.count_nonzero(magnitude >= 0.999)) / n if n else 0, 5)
+    # |x| from the extremes and both tails: the same values as np.abs, without its copy
+    peak = max(float(clean.max()), -float(clean.min())) if n else 0.0
+    clipped = int(np.count_nonzero(clean >= 0.999)) + int(np.count_nonzero(clean <= -0.999))
+    out["peak"] = round(peak, 5)
+    out["clipping_ratio"] = round(clipped / n if n else 0, 5)
     out["dc_offset"] = round(mean, 5)
     out.update(_silence(clean, rate, thresholds, mean))
     out["repetition"] = round(_repetition(clean, rate, thresholds.repeat_min_lag_s), 4)
@@ -255,13 +260,21 @@ def _silence(samples: Samples, rate: int, t: Thresholds, mean: float) -> dict[st
 
 
 def _features(samples: Samples, rate: int) -> npt.NDArray[np.float64]:
-    """Log energy in eight bands per 20 ms frame, each band's mean removed."""
+    """Log energy in eight bands per 20 ms frame, each band's mean removed.
+
+    Frames are windowed and transformed ``BLOCK_SAMPLES`` at a time: each frame's values are
+    the same as over the whole chunk at once, and the temporaries (windowed frames, spectrum,
+    power) stay a block's size however long the chunk is."""
     frames = _frames(samples, rate)
     window, edges = _bands(frames.shape[1])
-    spectrum = np.fft.rfft(frames * window, axis=1)
-    power = spectrum.real**2  # then in place: the same operations, fewer arrays
-    power += spectrum.imag**2
-    bands: npt.NDArray[np.float64] = np.add.reduceat(power[:, : edges[-1]], edges[:-1], axis=1)
+    bands: npt.NDArray[np.float64] = np.empty((len(frames), len(edges) - 1))
+    rows = max(1, BLOCK_SAMPLES // frames.shape[1])
+    for start in range(0, len(frames), rows):
+        spectrum = np.fft.rfft(frames[start : start + rows] * window, axis=1)
+        power = spectrum.real**2  # then in place: the same operations, fewer arrays
+        power += spectrum.imag**2
+        out = bands[start : start + rows]
+        np.add.reduceat(power[:, : edges[-1]], edges[:-1], axis=1, out=out)
     bands += 1e-10
     np.log10(bands, out=bands)
     bands -= bands.mean(axis=0)

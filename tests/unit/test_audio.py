@@ -21,6 +21,7 @@ from processor.audio import (
     silence_frames,
     wav_info,
     wav_pcm,
+    wav_pcm_view,
 )
 
 Format = tuple[int, int, int]  # sample rate, channels, sample width
@@ -84,6 +85,26 @@ def test_round_trip_keeps_format_and_payload(clip: tuple[Format, bytes]) -> None
     assert (info.sample_rate, info.channels, info.sample_width) == (rate, channels, width)
     assert info.frames == len(pcm) // (channels * width)
     assert wav_info(pcm_to_wav(pcm, rate, channels, width)) == info
+
+
+@given(clips())
+def test_a_canonical_wav_is_not_copied_and_its_pcm_is_viewed_in_place(
+    clip: tuple[Format, bytes],
+) -> None:
+    """fix_streamed_wav hands a canonical WAV back as the same object and wav_pcm_view reads
+    its PCM without a copy (issue 17: each copy of a body was heap churn on every chunk)."""
+    (rate, channels, width), pcm = clip
+    wav = pcm_to_wav(pcm, rate, channels, width)
+    assert fix_streamed_wav(wav) is wav
+    info, view = wav_pcm_view(wav)
+    assert (info, bytes(view)) == wav_pcm(wav)
+    assert view.obj is wav
+    # Any difference from the canonical layout (odd length without its pad byte, trailing
+    # chunk, a non-zero pad byte) still comes back rewritten, canonical.
+    for other in (wav + b"LIST\x00\x00\x00\x00", wav[:-1] + b"\x01" if len(pcm) % 2 else wav):
+        fixed = fix_streamed_wav(other)
+        assert fixed == wav
+        assert fixed is not other or other is wav
 
 
 @given(clips())

@@ -10,6 +10,7 @@ import subprocess
 import numpy as np
 import pytest
 
+from processor import quality
 from processor.audio import pcm_to_wav
 from processor.quality import Thresholds, decode, failures, measure, spoken_length
 from tests.fakes.bad_audio import float_wav, speechlike, spoil
@@ -65,6 +66,33 @@ def test_measures_name_the_values_the_checks_read() -> None:
     assert m["peak"] > 0.99
     assert 3.9 < m["duration_s"] < 4.1
     assert m["characters"] == spoken_length(TEXT)
+
+
+@pytest.mark.parametrize(("rate", "ms"), [(8000, 12_600), (24_000, 31_000), (22_050, 2_500)])
+def test_features_in_blocks_are_the_whole_chunks_values(
+    rate: int, ms: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Frames transformed a block at a time (bounded temporaries, issue 17) give exactly the
+    values the whole chunk at once gives, whatever the block size; so do the measures."""
+    samples, _ = decode(wav_bytes(speechlike(ms, rate, seed=5), rate))
+    samples = samples[: len(samples) - 7]  # a partial last frame, dropped either way
+    wav = spoil(speechlike(ms, rate, seed=5), rate, "loop")
+    monkeypatch.setattr(quality, "BLOCK_SAMPLES", 10**9)
+    whole, measured = quality._features(samples, rate), measure(wav, TEXT, T)
+    assert len(whole) > 50
+    for block in (1, 2_000, 32_768, len(samples) // 3):
+        monkeypatch.setattr(quality, "BLOCK_SAMPLES", block)
+        assert np.array_equal(quality._features(samples, rate), whole)
+        assert measure(wav, TEXT, T) == measured
+
+
+def test_peak_and_clipping_count_both_signs_as_the_magnitude_did() -> None:
+    x = np.array([0.2, -0.9995, 0.5, 0.999, -0.3, -1.0, 0.9989, -0.9989])
+    m = measure(float_wav(x, 8000), "hi", T)
+    assert m["peak"] == round(float(np.abs(x).max()), 5) == 1.0
+    assert m["clipping_ratio"] == round(np.count_nonzero(np.abs(x) >= 0.999) / len(x), 5)
+    assert m["clipping_ratio"] == 3 / 8
+    assert measure(float_wav(-np.abs(x), 8000), "hi", T)["peak"] == 1.0
 
 
 def test_dc_offset_and_all_zero_are_caught() -> None:
