@@ -18,7 +18,7 @@ from aiokafka.errors import KafkaError, OffsetMetadataTooLargeError, for_code
 from aiokafka.protocol.fetch import FetchRequest
 
 from processor.kafka.batches import RawRecord, read_batches
-from processor.kafka.options import connection_options
+from processor.kafka.options import FETCH_BYTES, connection_options
 from processor.kafka.records import Record, to_record
 from processor.settings import Settings
 
@@ -36,11 +36,10 @@ __all__ = [
 
 log = structlog.get_logger("voxline.consumer")
 
-#: Prefetch per partition: the default 1 MiB times many partitions is most of the
-#: processor's memory while it drains a backlog; 256 KiB costs no throughput.
-FETCH_BYTES = 256 * 1024
-#: Raw fetches tried when looking for the record the client could not read.
+#: Raw fetches tried when looking for the record the client could not read, and the bytes
+#: of each (more than the prefetch, ``FETCH_BYTES``: a v0 fetch cuts a larger batch short).
 _SCAN_FETCHES = 8
+_SCAN_BYTES = 256 * 1024
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -154,7 +153,7 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 class KafkaConsumer:
     """``Consumer`` over aiokafka; also hands over records aiokafka cannot decode."""
 
-    def __init__(self, consumer: AIOKafkaConsumer, *, fetch_bytes: int = FETCH_BYTES) -> None:
+    def __init__(self, consumer: AIOKafkaConsumer, *, fetch_bytes: int = _SCAN_BYTES) -> None:
         self.client = consumer
         self.fetch_bytes = fetch_bytes
         #: Per partition, the offset after the last record handed over.

@@ -11,6 +11,12 @@ from aiokafka.helpers import create_ssl_context
 from processor.settings import KafkaSettings
 
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+#: Prefetch per partition of the request consumer. aiokafka's default 1 MiB times many
+#: partitions was most of the processor's memory while it drained a backlog; 64 KiB (a few
+#: hundred requests a partition, far more than the record window takes at once) keeps the
+#: drain rate and about 8 MiB less peak RSS than 256 KiB on the backlog (32 KiB cut the
+#: drain rate). A record larger than this is still fetched (whole batches, KIP-74).
+FETCH_BYTES = 64 * 1024
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 

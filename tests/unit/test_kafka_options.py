@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-from processor.kafka.options import ConnectionConfigError, connection_options
-from processor.settings import KafkaSettings
+from processor.kafka.consumer import kafka_consumer
+from processor.kafka.options import FETCH_BYTES, ConnectionConfigError, connection_options
+from processor.settings import KafkaSettings, Settings
 
 
 def test_plaintext_is_just_the_servers() -> None:
@@ -86,3 +87,15 @@ def test_tls_files_are_not_read_without_tls(tmp_path: Path) -> None:
         ssl_cafile=str(tmp_path / "not-there.pem"),
     )
     assert "ssl_context" not in connection_options(settings)
+
+
+async def test_the_request_consumer_prefetches_64_kib_a_partition() -> None:
+    """Issue 17: the prefetch (8 partitions x 256 KiB before) was a large part of the peak RSS
+    on a backlog; the scan for a record aiokafka cannot decode still reads 256 KiB at a time."""
+    consumer = kafka_consumer(Settings(), window=64)
+    try:
+        assert FETCH_BYTES == 64 * 1024
+        assert consumer.client._max_partition_fetch_bytes == FETCH_BYTES
+        assert consumer.fetch_bytes == 256 * 1024
+    finally:
+        await consumer.client.stop()
