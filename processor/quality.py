@@ -24,11 +24,12 @@ import dataclasses
 import functools
 import re
 import struct
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 import numpy.typing as npt
 
+from processor import quality_signal as signal
 from processor.asr import AsrSettings, settings_from
 from processor.audio import wav_pcm_view
 
@@ -43,12 +44,6 @@ DEFAULT_PACE: Mapping[str, tuple[float, float]] = {
     "*": (0.045, 0.14),
 }
 
-_FRAME_S = 0.02
-#: Samples windowed and transformed at once (whole frames): about 256 KiB of float64, so a
-#: chunk's feature temporaries stay that size however long it is (issue 17, memory).
-BLOCK_SAMPLES = 32_768
-#: Mean squared band log-energy (bels) below which audio is steady: speech is near 1.
-_STEADY = 0.1
 _PAUSES = re.compile(r"[.!?;:。！？；：…]+")
 _KANA = re.compile("[\u3040-\u30ff]")
 _HAN = re.compile("[\u4e00-\u9fff]")
@@ -92,8 +87,15 @@ def decode(wav: bytes) -> tuple[Samples, int]:
     if floats is not None:
         return floats
     info, pcm = wav_pcm_view(wav)  # a view: the PCM is read where it lies, not copied
-    width = info.sample_width
-    # Scaled in place by a power of two (exact: the same values as a division, one array less).
+    raw = _ints(pcm, info.sample_width)
+    if info.channels == 1:  # a mean over one channel is a copy that costs most of decode
+        return raw, info.sample_rate
+    return raw.reshape(-1, info.channels).mean(axis=1), info.sample_rate
+
+
+def _ints(pcm: memoryview, width: int) -> Samples:
+    """Integer PCM of ``width`` bytes as floats in [-1, 1], scaled in place by a power of two
+    (exact: the same values as a division, one array less)."""
     if width == 1:
         raw = np.frombuffer(pcm, np.uint8).astype(np.float64)
         raw -= 128.0
@@ -109,9 +111,23 @@ def decode(wav: bytes) -> tuple[Samples, int]:
         v = b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)
         raw = np.where(v >= 1 << 23, v - (1 << 24), v).astype(np.float64)
         raw *= 1 / 8388608
-    if info.channels == 1:  # a mean over one channel is a copy that costs most of decode
-        return raw, info.sample_rate
-    return raw.reshape(-1, info.channels).mean(axis=1), info.sample_rate
+    return raw
+
+
+def _blocks(wav: bytes) -> tuple[Iterable[Samples], int, int]:
+    """A chunk's samples as blocks of whole frames, how many and the rate: 8-, 16- and 24-bit
+    mono PCM decoded a block at a time (exact sums: ``processor.quality_signal``), anything
+    else (float, 32-bit, several channels) decoded whole, one block."""
+    if _float_wav(wav) is None:
+        info, pcm = wav_pcm_view(wav)
+        width = info.sample_width
+        if info.channels == 1 and width <= 3:
+            rows = max(1, signal.BLOCK_SAMPLES // signal.frame_size(info.sample_rate))
+            step = rows * signal.frame_size(info.sample_rate) * width
+            parts = (_ints(pcm[i : i + step], width) for i in range(0, len(pcm), step))
+            return parts, info.frames, info.sample_rate
+    samples, rate = decode(wav)
+    return (samples,), len(samples), rate
 
 
 def _float_wav(wav: bytes) -> tuple[Samples, int] | None:
@@ -172,29 +188,22 @@ def measure(
     wav: bytes, text: str, thresholds: Thresholds, *, speed: float = 1.0
 ) -> dict[str, float]:
     """Every measured value of one chunk (``ValueError`` for a file that is no WAV)."""
-    samples, rate = decode(wav)
-    n = len(samples)
+    blocks, n, rate = _blocks(wav)
     duration = n / rate if rate else 0.0
-    finite = np.isfinite(samples)
-    nonfinite = n - int(np.count_nonzero(finite))
+    sig = signal.gather(blocks, n, rate, thresholds.repeat_min_lag_s)
     out: dict[str, float] = {
         "duration_s": round(duration, 3),
-        "nonfinite_ratio": nonfinite / n if n else 0.0,
+        "nonfinite_ratio": sig.nonfinite / n if n else 0.0,
     }
-    clean = np.where(finite, samples, 0.0) if nonfinite else samples
     chars = spoken_length(text)
     out["seconds_per_char"] = round(duration * max(speed, 1e-3) / max(chars, 1), 4)
     out["characters"] = float(chars)
     out["pauses"] = float(len(_PAUSES.findall(text)))
-    mean = float(clean.mean()) if n else 0.0
-    # |x| from the extremes and both tails: the same values as np.abs, without its copy
-    peak = max(float(clean.max()), -float(clean.min())) if n else 0.0
-    clipped = int(np.count_nonzero(clean >= 0.999)) + int(np.count_nonzero(clean <= -0.999))
-    out["peak"] = round(peak, 5)
-    out["clipping_ratio"] = round(clipped / n if n else 0, 5)
-    out["dc_offset"] = round(mean, 5)
-    out.update(_silence(clean, rate, thresholds, mean))
-    out["repetition"] = round(_repetition(clean, rate, thresholds.repeat_min_lag_s), 4)
+    out["peak"] = round(sig.peak, 5)
+    out["clipping_ratio"] = round(sig.clipped / n if n else 0, 5)
+    out["dc_offset"] = round(sig.mean, 5)
+    out.update(signal.silence(sig, thresholds.silence_dbfs))
+    out["repetition"] = round(signal.repetition(sig), 4)
     out["speed"] = speed
     return out
 
@@ -228,95 +237,6 @@ def failures(
     if measures["repetition"] > t.max_repetition:
         failed.append("repetition")
     return failed
-
-
-def _frames(samples: Samples, rate: int) -> npt.NDArray[np.float64]:
-    """Samples cut into 20 ms frames (rows); a partial last frame is dropped."""
-    size = max(1, int(rate * _FRAME_S))
-    count = len(samples) // size
-    return samples[: count * size].reshape(count, size)
-
-
-def _silence(samples: Samples, rate: int, t: Thresholds, mean: float) -> dict[str, float]:
-    """Silent 20 ms frames: RMS (of the samples less their ``mean``) below ``silence_dbfs``."""
-    frames = _frames(samples, rate)
-    if not len(frames):
-        return {"leading_silence_s": 0.0, "trailing_silence_s": 0.0, "silence_ratio": 1.0}
-    size = frames.shape[1]
-    # mean((x - m)^2) = mean(x^2) - 2 m mean(x) + m^2, without a mean-removed copy
-    power = np.einsum("ij,ij->i", frames, frames) / size
-    power += mean * (mean - 2 * frames.sum(axis=1) / size)
-    silent = power < 10 ** (t.silence_dbfs / 10)
-    voiced = np.flatnonzero(~silent)
-    if not len(voiced):
-        lead = trail = len(frames) * _FRAME_S
-    else:
-        lead, trail = voiced[0] * _FRAME_S, (len(frames) - 1 - voiced[-1]) * _FRAME_S
-    return {
-        "leading_silence_s": round(float(lead), 3),
-        "trailing_silence_s": round(float(trail), 3),
-        "silence_ratio": round(float(silent.mean()), 4),
-    }
-
-
-def _features(samples: Samples, rate: int) -> npt.NDArray[np.float64]:
-    """Log energy in eight bands per 20 ms frame, each band's mean removed.
-
-    Frames are windowed and transformed ``BLOCK_SAMPLES`` at a time: each frame's values are
-    the same as over the whole chunk at once, and the temporaries (windowed frames, spectrum,
-    power) stay a block's size however long the chunk is."""
-    frames = _frames(samples, rate)
-    window, edges = _bands(frames.shape[1])
-    bands: npt.NDArray[np.float64] = np.empty((len(frames), len(edges) - 1))
-    rows = max(1, BLOCK_SAMPLES // frames.shape[1])
-    for start in range(0, len(frames), rows):
-        spectrum = np.fft.rfft(frames[start : start + rows] * window, axis=1)
-        power = spectrum.real**2  # then in place: the same operations, fewer arrays
-        power += spectrum.imag**2
-        out = bands[start : start + rows]
-        np.add.reduceat(power[:, : edges[-1]], edges[:-1], axis=1, out=out)
-    bands += 1e-10
-    np.log10(bands, out=bands)
-    bands -= bands.mean(axis=0)
-    return bands
-
-
-@functools.cache
-def _bands(size: int) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int_]]:
-    """The Hann window of a frame of ``size`` samples and the edges of its eight log-spaced
-    bands (one per frame size: a sample rate)."""
-    edges = np.unique(np.geomspace(1, size // 2 + 1, 9).astype(int))
-    window = np.hanning(size)
-    for shared in (window, edges):
-        shared.setflags(write=False)  # cached: shared by every call
-    return window, edges
-
-
-def _repetition(samples: Samples, rate: int, min_lag_s: float) -> float:
-    """The highest normalised correlation of the features with themselves shifted by a lag
-    of ``min_lag_s`` up to half the length: near 1 when a stretch of audio repeats."""
-    if not rate:
-        return 0.0
-    min_lag = int(min_lag_s / _FRAME_S)
-    if len(samples) < 2 * min_lag * rate * _FRAME_S:
-        return 0.0
-    feats = _features(samples, rate)
-    if float((feats * feats).mean()) < _STEADY:
-        return 0.0  # a steady sound (a tone, a hum): alike throughout, but no phrase looping
-    count = len(feats)
-    lags = np.arange(min_lag, count // 2 + 1)
-    if not len(lags):
-        return 0.0
-    # For each lag, sum(a * b) / sqrt(sum(a * a) * sum(b * b)) with a = feats[:-lag] and
-    # b = feats[lag:]: the products by the FFT (autocorrelation), the energies by cumsum.
-    spectrum = np.fft.rfft(feats, n=2 * count, axis=0)
-    products = np.fft.irfft((spectrum * spectrum.conj()).real, n=2 * count, axis=0).sum(axis=1)
-    energy = np.concatenate([[0.0], np.cumsum((feats * feats).sum(axis=1))])
-    denom = np.sqrt((energy[count - lags] - energy[0]) * (energy[count] - energy[lags]))
-    ok = denom > 0
-    if not ok.any():
-        return 0.0
-    return max(0.0, float((products[lags][ok] / denom[ok]).max()))
 
 
 def thresholds_from(

@@ -10,7 +10,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from processor import quality
+from processor import quality_signal
 from processor.audio import pcm_to_wav
 from processor.quality import Thresholds, decode, failures, measure, spoken_length
 from tests.fakes.bad_audio import float_wav, speechlike, spoil
@@ -69,21 +69,21 @@ def test_measures_name_the_values_the_checks_read() -> None:
 
 
 @pytest.mark.parametrize(("rate", "ms"), [(8000, 12_600), (24_000, 31_000), (22_050, 2_500)])
-def test_features_in_blocks_are_the_whole_chunks_values(
-    rate: int, ms: int, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("mode", ["good", "loop", "silence", "clipped"])
+def test_measures_in_blocks_are_the_whole_chunks_values(
+    rate: int, ms: int, mode: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Frames transformed a block at a time (bounded temporaries, issue 17) give exactly the
-    values the whole chunk at once gives, whatever the block size; so do the measures."""
-    samples, _ = decode(wav_bytes(speechlike(ms, rate, seed=5), rate))
-    samples = samples[: len(samples) - 7]  # a partial last frame, dropped either way
-    wav = spoil(speechlike(ms, rate, seed=5), rate, "loop")
-    monkeypatch.setattr(quality, "BLOCK_SAMPLES", 10**9)
-    whole, measured = quality._features(samples, rate), measure(wav, TEXT, T)
-    assert len(whole) > 50
-    for block in (1, 2_000, 32_768, len(samples) // 3):
-        monkeypatch.setattr(quality, "BLOCK_SAMPLES", block)
-        assert np.array_equal(quality._features(samples, rate), whole)
-        assert measure(wav, TEXT, T) == measured
+    """A chunk decoded and measured a block at a time (bounded temporaries, issue 17) gives
+    exactly the values of the whole chunk at once, whatever the block size: the same samples
+    as a float WAV are measured whole, in one block."""
+    pcm = speechlike(ms, rate, seed=5)
+    wav = spoil(pcm[: len(pcm) - 14], rate, mode)  # a partial last frame, dropped either way
+    whole = measure(float_wav(decode(wav)[0], rate), TEXT, T)
+    assert whole["duration_s"] > 1
+    for block in (1, 2_000, 32_768, 10**9):
+        monkeypatch.setattr(quality_signal, "BLOCK_SAMPLES", block)
+        assert measure(wav, TEXT, T) == whole
+        assert measure(float_wav(decode(wav)[0], rate), TEXT, T) == whole
 
 
 def test_peak_and_clipping_count_both_signs_as_the_magnitude_did() -> None:
