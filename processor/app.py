@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 import structlog
 
+from processor import heap
 from processor.admission import Admission, shares
 from processor.backends.base import Backend, ReferenceLoader
 from processor.backends.registry import build as build_backend
@@ -174,6 +175,7 @@ class App:
 
     async def run(self) -> dict[str, int]:
         """Run until stopped; returns the outcome counts."""
+        heap.tune()  # the allocator's mmap threshold fixed (processor.heap)
         s = self.settings
         k = s.kafka
         topics = [k.request_topic, k.completion_topic, k.dlq_topic]

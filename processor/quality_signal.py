@@ -21,8 +21,10 @@ import numpy.typing as npt
 Samples = npt.NDArray[np.float64]
 
 FRAME_S = 0.02
-#: Samples windowed and transformed at once (whole frames): about 256 KiB of float64.
-BLOCK_SAMPLES = 32_768
+#: Samples decoded, windowed and transformed at once (whole frames): 96 KiB of float64, the
+#: spectrum about as much at any rate, all below the 128 KiB mmap threshold ``processor.heap``
+#: fixes, so these temporaries are reused from the heap instead of mapped afresh each time.
+BLOCK_SAMPLES = 12_288
 #: Mean squared band log-energy (bels) below which audio is steady: speech is near 1.
 _STEADY = 0.1
 
