@@ -21,10 +21,10 @@ import numpy.typing as npt
 Samples = npt.NDArray[np.float64]
 
 FRAME_S = 0.02
-#: Samples decoded, windowed and transformed at once (whole frames): 96 KiB of float64, the
-#: spectrum about as much at any rate, all below the 128 KiB mmap threshold ``processor.heap``
+#: Samples decoded, windowed and transformed at once (whole frames): 192 KiB of float64, the
+#: spectrum about as much at any rate, all below the 264 KiB mmap threshold ``processor.heap``
 #: fixes, so these temporaries are reused from the heap instead of mapped afresh each time.
-BLOCK_SAMPLES = 12_288
+BLOCK_SAMPLES = 24_576
 #: Mean squared band log-energy (bels) below which audio is steady: speech is near 1.
 _STEADY = 0.1
 
