@@ -13,8 +13,6 @@ import dataclasses
 import re
 import textwrap
 
-import pysubs2
-
 from processor.segments import Timing
 
 LINE_CHARS = 42
@@ -81,6 +79,8 @@ def _by_words(text: str, per_char: float) -> list[str]:
 
 def render(found: list[Cue], kind: str) -> bytes:
     """``srt`` or ``vtt`` file content, UTF-8."""
+    import pysubs2  # on first use: a processor writing no subtitles never holds it (1.4 MiB)
+
     subs = pysubs2.SSAFile()
     for cue in found:
         subs.events.append(
