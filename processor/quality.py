@@ -118,7 +118,8 @@ def _blocks(wav: bytes) -> tuple[Iterable[Samples], int, int]:
     """A chunk's samples as blocks of whole frames, how many and the rate: 8-, 16- and 24-bit
     mono PCM decoded a block at a time (exact sums: ``processor.quality_signal``), anything
     else (float, 32-bit, several channels) decoded whole, one block."""
-    if _float_wav(wav) is None:
+    floats = _float_wav(wav)
+    if floats is None:
         info, pcm = wav_pcm_view(wav)
         width = info.sample_width
         if info.channels == 1 and width <= 3:
@@ -126,7 +127,7 @@ def _blocks(wav: bytes) -> tuple[Iterable[Samples], int, int]:
             step = rows * signal.frame_size(info.sample_rate) * width
             parts = (_ints(pcm[i : i + step], width) for i in range(0, len(pcm), step))
             return parts, info.frames, info.sample_rate
-    samples, rate = decode(wav)
+    samples, rate = decode(wav) if floats is None else floats  # a float WAV decoded once
     return (samples,), len(samples), rate
 
 
@@ -137,7 +138,8 @@ def _float_wav(wav: bytes) -> tuple[Samples, int] | None:
     pos, rate, channels, width, is_float = 12, 0, 1, 4, False
     while pos + 8 <= len(wav):
         name, size = wav[pos : pos + 4], int.from_bytes(wav[pos + 4 : pos + 8], "little")
-        body = wav[pos + 8 : pos + 8 + size]
+        # A view: an integer WAV's data chunk (every chunk the gate sees) is never copied here.
+        body = memoryview(wav)[pos + 8 : pos + 8 + size]
         if name == b"fmt " and len(body) >= _FMT.size:
             tag, channels, rate, _, _, bits = _FMT.unpack_from(body)
             if tag == _EXTENSIBLE and len(body) >= 26:  # the subformat GUID starts with the tag
