@@ -204,6 +204,7 @@ class App:
                 backends=sorted(pipeline.routes),
                 default_backend=pipeline.default_route,
                 record_window=conf.record_window,
+                audio_window=conf.audio_window,
             )
             await self.runner.run(ready=self.started)
             self.counts = dict(self.runner.counts)

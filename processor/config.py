@@ -32,6 +32,7 @@ from types import MappingProxyType
 from typing import Any
 
 from processor.backends.registry import DEFAULT_TEXT_LIMITS, KINDS
+from processor.held import audio_window
 from processor.lanes import Lane
 from processor.quality import Thresholds, thresholds_from
 from processor.ratelimit import RateConfig
@@ -58,7 +59,15 @@ _BACKEND_KEYS = {
     "mastering",
     *RATE_KEYS,
 }
-_TOP_KEYS = {"default_backend", "backends", "references", "max_records", "lanes", "quality"}
+_TOP_KEYS = {
+    "default_backend",
+    "backends",
+    "references",
+    "max_records",
+    "max_audio_records",
+    "lanes",
+    "quality",
+}
 _REFERENCE_KEYS = {"allowed_buckets", "max_bytes", "max_duration_s", "min_sample_rate"}
 
 
@@ -121,6 +130,15 @@ class BackendsConfig:
     lanes: tuple[Lane, ...] = ()
     #: The quality gate (``[quality]``, ``processor.quality``); on unless ``enabled = false``.
     quality: Thresholds = dataclasses.field(default_factory=Thresholds)
+    #: Records holding synthesized audio at once (``processor.held``); 0: a quarter of the
+    #: backends' windows, at least 8.
+    max_audio_records: int = 0
+
+    @property
+    def audio_window(self) -> int:
+        if self.max_audio_records > 0:
+            return self.max_audio_records
+        return audio_window(sum(b.max_in_flight for b in self.backends.values()))
 
     @property
     def record_window(self) -> int:
@@ -142,6 +160,7 @@ def single_backend(
     retry_attempts: int = 5,
     retry_timeout_s: float = 60.0,
     max_records: int = 0,
+    max_audio_records: int = 0,
     reference_buckets: frozenset[str] = frozenset(),
     quality: bool = True,
 ) -> BackendsConfig:
@@ -171,6 +190,7 @@ def single_backend(
         references=ReferenceConfig(allowed_buckets=reference_buckets),
         max_records=max_records,
         quality=Thresholds(enabled=quality),
+        max_audio_records=max_audio_records,
     )
 
 
@@ -217,7 +237,10 @@ def parse(
         quality = thresholds_from(data.get("quality", {}), f"{source}: [quality]", env)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
-    return BackendsConfig(default, backends, references, max_records, lanes, quality)
+    held = _typed(data, "max_audio_records", int, 0, source)
+    if held < 0:
+        raise ConfigError(f"{source}: max_audio_records must be 0 (the default) or more")
+    return BackendsConfig(default, backends, references, max_records, lanes, quality, held)
 
 
 def _lane(index: int, table: Any, source: str) -> Lane:

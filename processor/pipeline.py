@@ -26,6 +26,7 @@ from processor.cache import ChunkCache
 from processor.cloudevents_in import causation_of, open_record
 from processor.errors import InternalError, InvalidInput, Stage, VoxlineError
 from processor.events import StoredAudio, Timings, succeeded_body
+from processor.held import HeldAudio
 from processor.kafka.records import Record
 from processor.kafka.sink import EventSink
 from processor.lexicon import LexiconLoader
@@ -100,6 +101,7 @@ class Pipeline:
             cache=cache,
             quality=settings.backends.quality,
             lexicons=lexicons,
+            held=HeldAudio(settings.backends.audio_window),
         )
         self.outcomes = Outcomes(settings, sink, self.step_policy, self.metrics)
         k = settings.kafka
@@ -174,8 +176,15 @@ class Pipeline:
                 del self._turns[request_id]
 
     async def _process(self, record: Record, request: Request, started: float) -> str:
-        rlog = record_log(record, request.request_id)
         tally = resumed(record.headers)  # attempts before earlier parks count too
+        try:
+            return await self._outcome(record, request, started, tally)
+        finally:
+            if tally.holds_audio:  # stored and published, failed or parked: room for the next
+                self.synth.held.give()
+
+    async def _outcome(self, record: Record, request: Request, started: float, tally: Tally) -> str:
+        rlog = record_log(record, request.request_id)
         usage = Usage(characters=len(request.text))
         try:
             route = self.synth.route(request)

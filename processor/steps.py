@@ -29,6 +29,8 @@ class Tally:
     first_failed_at: dt.datetime | None = None
     #: Times the record was parked before (``processor.parking``).
     parks: int = 0
+    #: A backend call answered with audio, counted in ``processor.held`` until the record ends.
+    holds_audio: bool = False
 
     def failed(self) -> dt.datetime:
         self.first_failed_at = self.first_failed_at or now()

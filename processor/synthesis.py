@@ -22,6 +22,7 @@ from processor.backends.base import Audio, ReferenceAudio, ReferenceLoader, Utte
 from processor.cache import ChunkCache
 from processor.chunking import split_sentences, split_text
 from processor.errors import Expired, InvalidInput, Stage, VoxlineError
+from processor.held import HeldAudio, audio_window
 from processor.lexicon import Lexicon, LexiconLoader
 from processor.mastering_step import lead_s, mastered
 from processor.observability import Metrics
@@ -98,8 +99,12 @@ class Synthesizer:
         cache: ChunkCache | None = None,
         quality: Thresholds | None = None,
         lexicons: LexiconLoader | None = None,
+        held: HeldAudio | None = None,
     ) -> None:
         self.lexicons = lexicons
+        #: Records holding audio; a record holding none waits for room before its first call.
+        windows = sum(r.config.max_in_flight for r in routes.values())
+        self.held = held or HeldAudio(audio_window(windows))
         breakers = {name: r.gate.breaker for name, r in routes.items()}
         self.quality = QualityGate(quality or Thresholds(), metrics, breakers)
         self.routes = routes
@@ -274,6 +279,17 @@ class Synthesizer:
         return await self.quality.made(call, route.name, once, job.rlog, job.usage)
 
     async def _call(self, job: Job, call: Utterance) -> Audio:
+        tally = job.tally
+        first = not tally.holds_audio
+        if first:
+            await self.held.room()
+        try:
+            return await self._gated(job, call)
+        finally:
+            if first and not tally.holds_audio:
+                self.held.missed()
+
+    async def _gated(self, job: Job, call: Utterance) -> Audio:
         route, tally, rlog = job.route, job.tally, job.rlog
         async with route.gate.call(work=len(call.text)):
             tally.attempts += 1
@@ -281,7 +297,11 @@ class Synthesizer:
             started = time.monotonic()
             try:
                 with tracing.backend_call(route.name, tally.attempts, route.gate.limit, call.text):
-                    return await route.backend.synthesize(call)
+                    audio = await route.backend.synthesize(call)
+                if not tally.holds_audio:  # given back when the record ends (pipeline)
+                    tally.holds_audio = True
+                    self.held.take()
+                return audio
             except VoxlineError as exc:
                 tally.failed()
                 self.metrics.retry(route.name, exc.error_type)

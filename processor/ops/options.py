@@ -107,6 +107,11 @@ def _setting(
 _kafka = functools.partial(_setting, KafkaSettings)
 _SECONDS, _COUNT = click.FloatRange(0), click.IntRange(0)
 PARK_HELP = "Seconds a record may wait for its backend before it is parked; 0: never park."
+RECORDS_HELP = "Records held at once; 0: 2x the sum of the backends' windows (at least 32)."
+HELD_HELP = (
+    "Records holding synthesized audio at once (others wait before their first backend call); "
+    "0: a quarter of the backends' windows (at least 8)."
+)
 _store = functools.partial(_setting, StoreSettings)
 _top = functools.partial(_setting, Settings)
 _backend = functools.partial(_setting, BackendConfig)
@@ -272,13 +277,8 @@ RUN: tuple[Setting, ...] = (
         default=None,
         show_default=False,
     ),
-    _backends(
-        "--max-records",
-        "VOXLINE_MAX_RECORDS",
-        "Records the consumer holds at once; 0 means 2x the sum of the backends' windows "
-        "(at least 32).",
-        type=click.IntRange(0),
-    ),
+    _backends("--max-records", "VOXLINE_MAX_RECORDS", RECORDS_HELP, type=_COUNT),
+    _backends("--max-audio-records", "VOXLINE_MAX_AUDIO_RECORDS", HELD_HELP, type=_COUNT),
     _backends(
         "--quality/--no-quality",
         "VOXLINE_QUALITY",

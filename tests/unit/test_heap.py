@@ -33,6 +33,7 @@ def test_the_threshold_is_fixed_once_per_process() -> None:
     assert libc.calls == [
         (heap.M_MMAP_THRESHOLD, 264 * 1024),
         (heap.M_TRIM_THRESHOLD, 528 * 1024),
+        (heap.M_ARENA_MAX, 2),
     ]
     assert heap.MMAP_THRESHOLD > 256 * 1024  # asyncio's socket read buffer stays in the heap
 
@@ -60,6 +61,7 @@ def test_this_machines_glibc_is_found_and_takes_the_setting() -> None:
     assert isinstance(libc, ctypes.CDLL)
     assert libc.mallopt(heap.M_MMAP_THRESHOLD, heap.MMAP_THRESHOLD) == 1
     assert libc.mallopt(heap.M_TRIM_THRESHOLD, heap.TRIM_THRESHOLD) == 1
+    assert libc.mallopt(heap.M_ARENA_MAX, heap.ARENAS) == 1
 
 
 def test_the_gates_temporaries_stay_below_the_threshold() -> None:
