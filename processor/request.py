@@ -10,20 +10,23 @@ from __future__ import annotations
 import copy
 import dataclasses
 import datetime as dt
+import functools
 import json
 import math
 import re
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
-from typing import Any, NoReturn
-
-from jsonschema.exceptions import ValidationError, best_match
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from processor import fastschema, schemas_loader
 from processor.errors import InvalidInput, Stage
 from processor.request_ids import best_effort_request_id as best_effort_request_id
 from processor.request_ids import request_id_of as request_id_of
 from processor.schemas_loader import load_schema
+
+if TYPE_CHECKING:
+    from jsonschema.exceptions import ValidationError
+    from jsonschema.protocols import Validator
 
 _EMPTY: Mapping[str, object] = MappingProxyType({})
 _EMPTY_STR: Mapping[str, str] = MappingProxyType({})
@@ -89,10 +92,14 @@ def _runtime_schema(schema: Mapping[str, Any]) -> dict[str, Any]:
     return runtime
 
 
-_VALIDATOR = schemas_loader.validator(
-    _runtime_schema(_SCHEMA), format_checker=schemas_loader.FORMAT_CHECKER
-)
-#: The compiled yes/no in front of ``_VALIDATOR`` (processor.fastschema): most records are
+@functools.cache
+def _validator() -> Validator:
+    """jsonschema's validator, made (and jsonschema imported) for the first record that the
+    compiled check does not pass."""
+    return schemas_loader.validator(_runtime_schema(_SCHEMA), formats=True)
+
+
+#: The compiled yes/no in front of :func:`_validator` (processor.fastschema): most records are
 #: valid, and jsonschema still judges and words every one it does not pass.
 _VALID = fastschema.compile_check(_runtime_schema(_SCHEMA))
 
@@ -209,7 +216,9 @@ def _validate(doc: dict[str, Any]) -> None:
     if _VALID is not None and _VALID(doc):
         return
     try:
-        error = best_match(_VALIDATOR.iter_errors(doc))
+        from jsonschema.exceptions import best_match
+
+        error = best_match(_validator().iter_errors(doc))
     except RecursionError:
         error = None
         message = "$: nested too deeply"

@@ -2,6 +2,9 @@
 
 Wheel builds copy ``schemas/`` into the package as ``processor/schemas`` (hatch force-include);
 editable installs and a plain checkout read ``<repo>/schemas`` instead.
+
+jsonschema is imported when the first validator is made: a processor whose requests all pass
+the compiled check (``processor.fastschema``) never loads it (about 2.5 MiB resident).
 """
 
 from __future__ import annotations
@@ -13,11 +16,12 @@ import json
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jsonschema
-from jsonschema.exceptions import ValidationError
-from jsonschema.protocols import Validator
+if TYPE_CHECKING:
+    import jsonschema
+    from jsonschema.exceptions import ValidationError
+    from jsonschema.protocols import Validator
 
 _SOURCE_TREE = Path(__file__).resolve().parents[1] / "schemas"
 
@@ -53,21 +57,26 @@ def _ecma_regex(pattern: str) -> re.Pattern[str]:
 def _pattern(
     validator: Validator, pattern: str, instance: object, schema: Mapping[str, Any]
 ) -> Iterator[ValidationError]:
+    from jsonschema.exceptions import ValidationError
+
     if isinstance(instance, str) and not _ecma_regex(pattern).search(instance):
         yield ValidationError(f"{instance[:80]!r} does not match {pattern!r}")
 
 
-#: Draft 2020-12 with ECMA-262 end anchors and messages that never repr a whole huge string.
-SchemaValidator: type[Validator] = jsonschema.validators.extend(  # type: ignore[no-untyped-call]
-    jsonschema.Draft202012Validator, validators={"pattern": _pattern}
-)
+@functools.cache
+def _validator_class() -> type[Validator]:
+    """Draft 2020-12 with ECMA-262 end anchors and messages that never repr a huge string."""
+    import jsonschema
+
+    extended: type[Validator] = jsonschema.validators.extend(  # type: ignore[no-untyped-call]
+        jsonschema.Draft202012Validator, validators={"pattern": _pattern}
+    )
+    return extended
 
 
-def validator(
-    schema: Mapping[str, Any], *, format_checker: jsonschema.FormatChecker | None = None
-) -> Validator:
-    """A validator for one of our schemas; pass a format checker to assert ``format``."""
-    return SchemaValidator(schema, format_checker=format_checker)
+def validator(schema: Mapping[str, Any], *, formats: bool = False) -> Validator:
+    """A validator for one of our schemas; ``formats``: assert ``format`` (date-time only)."""
+    return _validator_class()(schema, format_checker=_format_checker() if formats else None)
 
 
 def parse_rfc3339(value: str) -> dt.datetime:
@@ -105,7 +114,12 @@ def _is_date_time(instance: object) -> bool:
     return True
 
 
-#: Asserts ``format: date-time`` with our own RFC 3339 parser, so the check does not depend on
-#: which optional format packages jsonschema finds installed. No other format is asserted.
-FORMAT_CHECKER = jsonschema.FormatChecker(formats=())
-FORMAT_CHECKER.checks("date-time", raises=ValueError)(_is_date_time)
+@functools.cache
+def _format_checker() -> jsonschema.FormatChecker:
+    """Asserts ``format: date-time`` with our own RFC 3339 parser, so the check does not depend
+    on which optional format packages jsonschema finds installed. No other format is asserted."""
+    import jsonschema
+
+    checker = jsonschema.FormatChecker(formats=())
+    checker.checks("date-time", raises=ValueError)(_is_date_time)
+    return checker

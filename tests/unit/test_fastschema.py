@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -13,7 +15,7 @@ from processor.schemas_loader import load_schema
 
 SCHEMA = load_schema("request.v1.json")
 CHECK = fastschema.compile_check(SCHEMA)
-JSONSCHEMA = schemas_loader.validator(SCHEMA, format_checker=schemas_loader.FORMAT_CHECKER)
+JSONSCHEMA = schemas_loader.validator(SCHEMA, formats=True)
 GOOD: dict[str, Any] = {"request_id": "r-1", "text": "Hello."}
 
 
@@ -80,3 +82,25 @@ def test_it_never_passes_what_jsonschema_refuses(doc: dict[str, Any]) -> None:
     assert CHECK is not None
     if CHECK(doc):
         assert JSONSCHEMA.is_valid(doc), doc
+
+
+def test_jsonschema_is_loaded_only_for_a_record_the_compiled_check_does_not_pass() -> None:
+    """A processor whose requests are all valid never holds jsonschema (about 2.5 MiB)."""
+    program = """
+import sys
+import processor.app, processor.ops.cli
+from processor.errors import InvalidInput
+from processor.request import parse_request
+limits = dict(max_text_chars=1000, max_record_bytes=10_000)
+parse_request(b'{"request_id": "a", "text": "Hello."}', **limits)
+print("jsonschema" in sys.modules)
+try:
+    parse_request(b'{"request_id": "a"}', **limits)
+except InvalidInput as exc:
+    print(exc.message)
+print("jsonschema" in sys.modules)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert done.stdout.splitlines() == ["False", "$.text: required field is missing", "True"]

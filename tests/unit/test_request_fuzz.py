@@ -22,9 +22,7 @@ ERROR_TYPES = {
     Stage.VALIDATE: {"schema", "text_too_long", "metadata_too_large"},
 }
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-SCHEMA = schemas_loader.validator(
-    load_schema("request.v1.json"), format_checker=schemas_loader.FORMAT_CHECKER
-)
+SCHEMA = schemas_loader.validator(load_schema("request.v1.json"), formats=True)
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

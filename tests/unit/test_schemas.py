@@ -121,7 +121,7 @@ def load_ijson(path: Path) -> Any:
 
 
 def _validator(name: str) -> jsonschema.protocols.Validator:
-    return schemas_loader.validator(load_schema(name), format_checker=schemas_loader.FORMAT_CHECKER)
+    return schemas_loader.validator(load_schema(name), formats=True)
 
 
 def _subschemas(node: Any) -> Iterator[tuple[str, Any]]:
