@@ -29,6 +29,7 @@ from processor.cache_bundle import bundle_name, pack, unpack
 from processor.cache_key import cacheable, chunk_key, object_name
 from processor.cache_store import CacheStore, S3CacheStore
 from processor.config import BackendConfig
+from processor.held import FOLLOWED
 from processor.observability import Metrics
 from processor.settings import CacheSettings, Settings
 
@@ -76,7 +77,8 @@ class ChunkCache:
         self.gate = gate
         self.settings = settings
         self.metrics = metrics
-        self._flights: dict[str, asyncio.Future[Audio]] = {}
+        #: Chunks being made, and whether another record waits for one (``held.FOLLOWED``).
+        self._flights: dict[str, tuple[asyncio.Future[Audio], asyncio.Event]] = {}
         #: Writes that outlive their chunk's task (held so they are not garbage-collected).
         self._writes: set[asyncio.Future[None]] = set()
         #: Store calls at once (the client's connections): the timeouts then bound a call to
@@ -115,27 +117,34 @@ class ChunkCache:
             audio = await make()
             await self._kept(self.write(key, audio))
             return audio, False
-        while (flight := self._flights.get(key)) is not None:
+        while (entry := self._flights.get(key)) is not None:
+            flight, followed = entry
+            followed.set()  # its maker stops waiting for room: we may hold some
             await asyncio.wait({flight})
             if not flight.cancelled():
                 self.metrics.cache("lookup", "shared")
                 return flight.result(), True
             # The first caller failed or was cancelled: the next one tries itself.
         mine: asyncio.Future[Audio] = asyncio.get_running_loop().create_future()
-        self._flights[key] = mine
+        followed = asyncio.Event()
+        self._flights[key] = (mine, followed)
         try:
             hit = await self.lookup(key)
             if hit is not None:
                 mine.set_result(hit)
                 return hit, True
-            audio = await make()
+            token = FOLLOWED.set(followed)
+            try:
+                audio = await make()
+            finally:
+                FOLLOWED.reset(token)
             mine.set_result(audio)
             await self._kept(self.write(key, audio))
             return audio, False
         finally:
             if not mine.done():
                 mine.cancel()  # the waiters try on their own; no exception left unretrieved
-            if self._flights.get(key) is mine:
+            if self._flights.get(key, (None,))[0] is mine:
                 del self._flights[key]
 
     async def bundled(self, keys: Sequence[str], mode: str) -> dict[str, Audio]:

@@ -19,6 +19,24 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
+import math
+from collections import Counter
+from collections.abc import Callable, Mapping
+
+from processor.lanes import PRIORITY
+
+#: Set around a call whose audio other records may wait for (the chunk cache's single flight,
+#: ``processor.cache``): once one does, the event is set and the call stops waiting for room.
+#: A record holding audio may be the one waiting, and it would wait for a record that waits
+#: for it to end.
+FOLLOWED: contextvars.ContextVar[asyncio.Event | None] = contextvars.ContextVar(
+    "voxline_followed", default=None
+)
+
+
+#: Whether the waiting call's record holds audio by now.
+Holds = Callable[[], bool]
 
 
 def audio_window(call_windows: int) -> int:
@@ -33,35 +51,54 @@ class HeldAudio:
     The caller of :meth:`room` ends its call with :meth:`take` (audio came back) or
     :meth:`missed` (none did: an error, a cancellation), so a turn it was woken for goes on to
     the next waiter; every :meth:`give` wakes one. Nobody polls, and no waiter is left behind
-    while there is room."""
+    while there is room. With ranked lanes (``processor.lanes``, the record's
+    :data:`~processor.lanes.PRIORITY`) the waiter woken is of the highest lane, unless a lane
+    holds less than its ``shares`` of the room and has waiters: then that lane's, as at the
+    backends' gates. Within a lane, in turn."""
 
     def __init__(self, limit: int) -> None:
         self.limit = max(1, limit)
         self.count = 0
-        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        #: Lanes' minimum shares by priority (set with the gates'; empty: one lane).
+        self.shares: Mapping[int, float] = {}
+        self._held: Counter[int] = Counter()
+        self._waiters: dict[int, collections.deque[tuple[asyncio.Future[None], Holds]]] = {}
 
     @property
     def waiting(self) -> int:
-        return len(self._waiters)
+        return sum(len(q) for q in self._waiters.values())
 
-    async def room(self) -> None:
-        """Return once fewer than ``limit`` records hold audio (waiters woken in turn)."""
-        while self.count >= self.limit:
+    async def room(self, holds: Callable[[], bool] = lambda: False) -> None:
+        """Return once fewer than ``limit`` records hold audio, once the record ``holds`` some
+        (another of its chunks was answered while this one waited), or once another record
+        waits for this call's audio (:data:`FOLLOWED`)."""
+        followed = FOLLOWED.get()
+
+        def may_go() -> bool:
+            return self.count < self.limit or holds() or bool(followed and followed.is_set())
+
+        while not may_go():
             waiter = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
+            queue = self._waiters.setdefault(PRIORITY.get(), collections.deque())
+            queue.append((waiter, holds))
             try:
-                await waiter
+                await _first(waiter, followed)
             except asyncio.CancelledError:
                 if waiter.done() and not waiter.cancelled():  # woken, but leaving
                     self._wake()
                 raise
             finally:
-                if waiter in self._waiters:
-                    self._waiters.remove(waiter)
+                if (waiter, holds) in queue:
+                    queue.remove((waiter, holds))
 
     def take(self) -> None:
-        """A record now holds audio (once per record)."""
+        """A record now holds audio (once per record): its other chunks waiting for room go."""
         self.count += 1
+        self._held[PRIORITY.get()] += 1
+        for queue in self._waiters.values():
+            for waiter, holds in queue:
+                if not waiter.done() and holds():
+                    waiter.set_result(None)
 
     def missed(self) -> None:
         """A first call ended without audio: its turn goes on, if there is room."""
@@ -71,11 +108,32 @@ class HeldAudio:
     def give(self) -> None:
         """A record that held audio ended."""
         self.count = max(0, self.count - 1)
+        prio = PRIORITY.get()
+        self._held[prio] = max(0, self._held[prio] - 1)
         self._wake()
 
     def _wake(self) -> None:
-        while self._waiters:
-            waiter = self._waiters.popleft()
+        while True:
+            lanes = [p for p, queue in self._waiters.items() if queue]
+            if not lanes:
+                return
+            short = [
+                p for p in lanes if self._held[p] < math.ceil(self.shares.get(p, 0) * self.limit)
+            ]
+            waiter, _ = self._waiters[max(short or lanes)].popleft()
             if not waiter.done():
                 waiter.set_result(None)
                 return
+
+
+async def _first(waiter: asyncio.Future[None], followed: asyncio.Event | None) -> None:
+    """Until ``waiter`` is woken or ``followed`` is set."""
+    if followed is None:
+        await waiter
+        return
+    wanted: asyncio.Future[object] = asyncio.ensure_future(followed.wait())
+    either: set[asyncio.Future[object]] = {waiter, wanted}  # type: ignore[arg-type]
+    try:
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        wanted.cancel()

@@ -103,6 +103,8 @@ class Pipeline:
             lexicons=lexicons,
             held=HeldAudio(settings.backends.audio_window),
         )
+        # The lanes' shares, the same at every gate (processor.app.build_routes).
+        self.synth.held.shares = next((r.gate.shares for r in routes.values()), {})
         self.outcomes = Outcomes(settings, sink, self.step_policy, self.metrics)
         k = settings.kafka
         parked_to = retry_topic(k.request_topic, k.retry_topic)

@@ -281,8 +281,8 @@ class Synthesizer:
     async def _call(self, job: Job, call: Utterance) -> Audio:
         tally = job.tally
         first = not tally.holds_audio
-        if first:
-            await self.held.room()
+        if first:  # its sibling chunks may answer while it waits: then it goes too
+            await self.held.room(lambda: tally.holds_audio)
         try:
             return await self._gated(job, call)
         finally:

@@ -4,24 +4,29 @@ before its first backend call, one holding some never waits, and no turn is lost
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import time
 from typing import Any
 
 import pytest
 
-from processor.backends.base import Utterance
+from processor.backends.base import Audio, Utterance
+from processor.cache import ChunkCache
 from processor.config import BackendConfig, ConfigError, load, single_backend
 from processor.errors import Permanent, Stage, Transient
 from processor.gate import Gate
 from processor.held import HeldAudio, audio_window
 from processor.kafka.records import Record
+from processor.lanes import PRIORITY
 from processor.limiter import StaticLimit
+from processor.observability import Metrics
 from processor.pipeline import Pipeline
 from processor.retry import Policy
 from processor.routes import Route
-from processor.settings import KafkaSettings, RetrySettings, Settings
-from processor.testing import MemorySink, MemoryStore, ScriptedBackend
+from processor.settings import CacheSettings, KafkaSettings, RetrySettings, Settings
+from processor.testing import MemorySink, MemoryStore, ScriptedBackend, tone
+from tests.unit.test_usage_cache import MemoryCacheStore
 
 POLICY = Policy(attempts=3, budget_s=1.0, backoff_s=(0.001, 0.002), hold_s=(0.01, 30.0))
 KAFKA = KafkaSettings(completion_topic="done", dlq_topic="dlq")
@@ -88,6 +93,95 @@ async def test_a_woken_waiter_cancelled_passes_its_turn_on() -> None:
     with pytest.raises(asyncio.CancelledError):
         await first
     await asyncio.wait_for(second, 5)
+    assert held.waiting == 0
+
+
+def lane(priority: int) -> contextvars.Context:
+    """The context of a record's task in the lane of ``priority``."""
+    context = contextvars.copy_context()
+    context.run(PRIORITY.set, priority)
+    return context
+
+
+def in_lane(priority: int, work: Any) -> asyncio.Task[Any]:
+    """``work`` (a coroutine) as a task of a record in the lane of ``priority``."""
+    return asyncio.get_running_loop().create_task(work, context=lane(priority))
+
+
+async def test_the_highest_lane_is_woken_first() -> None:
+    held = HeldAudio(1)
+    held.take()
+    low = in_lane(0, held.room())
+    await turns()
+    high = in_lane(10, held.room())
+    await turns()
+    held.give()
+    await asyncio.wait_for(high, 5)
+    await turns()
+    assert not low.done()
+    held.missed()
+    await asyncio.wait_for(low, 5)
+
+
+async def test_a_lane_below_its_share_is_woken_before_a_higher_one() -> None:
+    held = HeldAudio(2)
+    held.shares = {0: 0.5}  # the low lane keeps one of the two
+    lane(10).run(held.take)
+    lane(10).run(held.take)
+    high = in_lane(10, held.room())
+    await turns()
+    low = in_lane(0, held.room())
+    await turns()
+    lane(10).run(held.give)
+    await asyncio.wait_for(low, 5)
+    await turns()
+    assert not high.done()
+
+
+async def test_a_records_other_chunks_go_once_one_of_them_is_answered() -> None:
+    held = HeldAudio(1)
+    holds: list[bool] = []
+    held.take()  # another record
+    chunks = [asyncio.create_task(held.room(lambda: bool(holds))) for _ in range(3)]
+    await turns()
+    held.give()  # the other record ends: one chunk's turn
+    await until(lambda: sum(c.done() for c in chunks) == 1)
+    holds.append(True)  # that chunk's answer came back: the record holds audio
+    held.take()
+    await asyncio.wait_for(asyncio.gather(*chunks), 5)  # its siblings do not wait for room
+    assert held.count == 1
+
+
+async def test_records_of_many_chunks_all_end_with_room_for_one() -> None:
+    world = World(limit=1, window=2, text_limit=40)
+    world.store.script.gate = None  # the store takes every upload at once
+    long = " ".join(f"Sentence number {n} is here." for n in range(3))
+    tasks = world.start(range(4), long)
+    assert await asyncio.wait_for(asyncio.gather(*tasks), 10) == ["succeeded"] * 4
+    assert world.held.count == 0
+    assert world.held.waiting == 0
+
+
+async def test_a_call_another_record_waits_for_stops_waiting_for_room() -> None:
+    """The chunk cache's single flight: a record holding the only room waits for a chunk that
+    a record holding none is making; that maker goes on, or neither would ever end."""
+    held = HeldAudio(1)
+    cache = ChunkCache(MemoryCacheStore(), CacheSettings(), Metrics())
+    made: list[str] = []
+
+    async def make() -> Audio:  # as Synthesizer._call: room first, then the backend
+        await held.room()
+        made.append("call")
+        return tone()
+
+    held.take()  # the follower's record holds audio
+    maker = asyncio.create_task(cache.through("k", "use", make))
+    await until(lambda: held.waiting == 1)  # its lookup missed; now it waits for room
+    follower = asyncio.create_task(cache.through("k", "use", make))
+    (_, shared), (_, mine) = await asyncio.wait_for(asyncio.gather(follower, maker), 5)
+    assert made == ["call"]
+    assert shared
+    assert not mine
     assert held.waiting == 0
 
 
