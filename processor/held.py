@@ -1,4 +1,4 @@
-"""The records holding synthesized audio, bounded by the call windows.
+"""The records holding synthesized audio, bounded.
 
 A record's audio lives from its first backend answer until the record ends (stored and
 published, dead-lettered or parked). When calls answer faster than the processor can check,
@@ -8,11 +8,14 @@ behind that work, each holding its audio; without a bound every record of the re
 with it (issue 17: 128 records, about 20 MiB of audio, at a window of 64).
 
 So a record that holds no audio yet waits before its first call while ``limit`` records hold
-some (the sum of the backends' call windows: what the backends can be asked for at once). It
+some (``BackendsConfig.audio_window``: a quarter of the backends' call windows, at least 8). It
 waits outside the backend's gate, holding no call slot, so a slow backend's queue takes nothing
-from the others. A record already holding audio (its next chunk, a quality regeneration) never
-waits: it only moves towards its end. The bound is soft by the calls already past the check
-(at most the record window), and exact when the processor is the bottleneck.
+from the others. A record already holding audio (its next chunk, a retry, a quality
+regeneration) never waits: it only moves towards its end, and nothing it waits for may wait
+for room: its own chunks still waiting go once one of them is answered, and a call whose chunk
+another record waits for in the chunk cache (:data:`FOLLOWED`) goes at once. The bound can be
+passed by those calls and by the calls already past the check (at most the record window); it
+is exact when the processor is the bottleneck.
 """
 
 from __future__ import annotations
