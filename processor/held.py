@@ -71,7 +71,7 @@ class HeldAudio:
     def waiting(self) -> int:
         return sum(len(q) for q in self._waiters.values())
 
-    async def room(self, holds: Callable[[], bool] = lambda: False) -> None:
+    async def room(self, holds: Holds = lambda: False) -> None:
         """Return once fewer than ``limit`` records hold audio, once the record ``holds`` some
         (another of its chunks was answered while this one waited), or once another record
         waits for this call's audio (:data:`FOLLOWED`)."""

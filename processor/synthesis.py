@@ -22,7 +22,7 @@ from processor.backends.base import Audio, ReferenceAudio, ReferenceLoader, Utte
 from processor.cache import ChunkCache
 from processor.chunking import split_sentences, split_text
 from processor.errors import Expired, InvalidInput, Stage, VoxlineError
-from processor.held import HeldAudio, audio_window
+from processor.held import HeldAudio
 from processor.lexicon import Lexicon, LexiconLoader
 from processor.mastering_step import lead_s, mastered
 from processor.observability import Metrics
@@ -99,12 +99,11 @@ class Synthesizer:
         cache: ChunkCache | None = None,
         quality: Thresholds | None = None,
         lexicons: LexiconLoader | None = None,
-        held: HeldAudio | None = None,
+        held: HeldAudio,
     ) -> None:
         self.lexicons = lexicons
         #: Records holding audio; a record holding none waits for room before its first call.
-        windows = sum(r.config.max_in_flight for r in routes.values())
-        self.held = held or HeldAudio(audio_window(windows))
+        self.held = held
         breakers = {name: r.gate.breaker for name, r in routes.items()}
         self.quality = QualityGate(quality or Thresholds(), metrics, breakers)
         self.routes = routes
